@@ -1,0 +1,181 @@
+"""Configuration: load the three YAML files, apply key=value overrides, validate once at the door.
+
+The model and diffusion YAMLs keep the official DDFM keys (plus `seed` and `eta` in the diffusion
+file); the fusion YAML holds everything about pairs, the method variant and the outputs. Every key
+is known in advance, so a typo is an error that names the key instead of a silent default.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+MODEL_KEYS = (
+    "image_size", "num_channels", "num_res_blocks", "channel_mult", "learn_sigma", "class_cond",
+    "use_checkpoint", "attention_resolutions", "num_heads", "num_head_channels",
+    "num_heads_upsample", "use_scale_shift_norm", "dropout", "resblock_updown", "use_fp16",
+    "use_new_attention_order", "model_path",
+)
+DIFFUSION_KEYS = (
+    "sampler", "steps", "noise_schedule", "model_mean_type", "model_var_type",
+    "dynamic_threshold", "clip_denoised", "rescale_timesteps", "timestep_respacing", "seed", "eta",
+)
+
+# Fusion keys with their defaults and, where the value is a choice, the allowed values.
+FUSION_DEFAULTS = {
+    "input_dir": "input",
+    "modalities": ["ir", "vi"],
+    "variant": "official",
+    "lamb": 0.5,
+    "rho": 0.001,
+    "size": "pad",
+    "color": "auto",
+    "normalize": "minmax",
+    "record": False,
+    "prior": "auto",
+    "evaluate": False,
+    "device": "auto",
+    "dtype": "fp32",
+    "batch_size": 1,
+    "channels_last": False,
+    "compile": False,
+}
+FUSION_CHOICES = {
+    "variant": ("official", "paper"),
+    "size": ("pad", "crop"),
+    "color": ("auto", "grey"),
+    "normalize": ("minmax", "clip"),
+    "prior": ("auto", "adm", "none"),
+    "dtype": ("fp32", "fp16", "bf16"),
+}
+BOOL_KEYS = ("record", "evaluate", "channels_last", "compile")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line."""
+
+
+@dataclass
+class Config:
+    """The resolved configuration, split as the official code splits it."""
+    model: dict
+    diffusion: dict
+    fusion: dict = field(default_factory=lambda: dict(FUSION_DEFAULTS))
+
+    def as_dict(self):
+        return {"model": dict(self.model), "diffusion": dict(self.diffusion),
+                "fusion": dict(self.fusion)}
+
+
+def read_yaml(path):
+    """Read one YAML mapping; a missing, unparsable or non-mapping file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def _check_keys(data, allowed, where):
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(allowed)})")
+
+
+def parse_override(text):
+    """Split `key=value`; the value is parsed as YAML so `true`, `25` and `[ct, mri]` get types."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def apply_overrides(config, overrides):
+    """Put each override into the one section that owns its key.
+
+    overrides: `key=value` strings (the CLI) or (key, value) pairs (the Python API).
+    """
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        if key in MODEL_KEYS:
+            config.model[key] = value
+        elif key in DIFFUSION_KEYS:
+            config.diffusion[key] = value
+        elif key in FUSION_DEFAULTS:
+            config.fusion[key] = value
+        else:
+            raise ConfigError(f"override '{item}': unknown key '{key}'")
+    return config
+
+
+def validate_fusion(fusion):
+    """Type- and choice-check the fusion section in place; returns it."""
+    for key, choices in FUSION_CHOICES.items():
+        value = str(fusion[key]).lower()
+        if value not in choices:
+            raise ConfigError(f"fusion config: {key}={fusion[key]!r} is not one of {', '.join(choices)}")
+        fusion[key] = value
+    for key in BOOL_KEYS:
+        if not isinstance(fusion[key], bool):
+            raise ConfigError(f"fusion config: {key} must be true or false, got {fusion[key]!r}")
+    mods = fusion["modalities"]
+    if isinstance(mods, str):
+        mods = [m.strip() for m in mods.split(",")]
+    if not (isinstance(mods, (list, tuple)) and len(mods) == 2 and all(mods) and mods[0] != mods[1]):
+        raise ConfigError(f"fusion config: modalities must name two different folders, got {mods!r}")
+    fusion["modalities"] = [str(m) for m in mods]
+    for key in ("lamb", "rho"):
+        try:
+            fusion[key] = float(fusion[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"fusion config: {key} must be a number, got {fusion[key]!r}") from None
+        if fusion[key] < 0:
+            raise ConfigError(f"fusion config: {key} must be >= 0, got {fusion[key]}")
+    if not isinstance(fusion["batch_size"], int) or fusion["batch_size"] < 1:
+        raise ConfigError(f"fusion config: batch_size must be a positive integer, got {fusion['batch_size']!r}")
+    fusion["input_dir"] = str(fusion["input_dir"])
+    fusion["device"] = str(fusion["device"])
+    return fusion
+
+
+def validate_diffusion(diffusion):
+    """Check the seed and the respacing string early, so a bad value fails before any work."""
+    from guided_diffusion.respace import space_timesteps
+
+    seed = diffusion.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"diffusion config: seed must be an integer, got {seed!r}")
+    try:
+        space_timesteps(int(diffusion.get("steps", 1000)), diffusion.get("timestep_respacing", ""))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"diffusion config: timestep_respacing={diffusion.get('timestep_respacing')!r}"
+                          f" is invalid ({err})") from None
+    return diffusion
+
+
+def load_config(model_path, diffusion_path, fusion_path=None, overrides=()):
+    """Read, merge and validate the three configs; returns a Config."""
+    model = read_yaml(model_path)
+    _check_keys(model, MODEL_KEYS, model_path)
+    diffusion = read_yaml(diffusion_path)
+    _check_keys(diffusion, DIFFUSION_KEYS, diffusion_path)
+    fusion = dict(FUSION_DEFAULTS)
+    if fusion_path is not None:
+        given = read_yaml(fusion_path)
+        _check_keys(given, tuple(FUSION_DEFAULTS), fusion_path)
+        fusion.update(given)
+    config = apply_overrides(Config(model, diffusion, fusion), overrides)
+    validate_fusion(config.fusion)
+    validate_diffusion(config.diffusion)
+    return config

@@ -1,0 +1,203 @@
+"""EM rectification of x0 (DDFM, Zhao et al. ICCV 2023): the official step and the paper's Algorithm 1.
+
+One call = one E-step and one HQS pass of the M-step, applied once per diffusion step on a
+single-channel estimate f~ (N, 1, H, W). The state (F1, F2 = the HQS auxiliary u, and the two EM
+scales) is created per image / batch by ``init_em_state`` and carried across diffusion steps.
+
+Roles of the sources (ddfm_official.md §2.4, §4.3):
+  official: em_step_official(f, I, V) with I = visible, V = infrared (the official swap);
+  paper:    em_step_paper(f, i, v)    with i = infrared, v = visible.
+``em_sources(variant, ir, vis)`` returns the pair in the order each step expects.
+
+Naming: ``lamb`` is the TV weight psi and ``rho`` the HQS penalty eta, as in the official code
+(lamb=0.5, rho=0.001). The EM scales are ``tau_a``, ``tau_b`` (the paper's gamma, rho).
+"""
+from dataclasses import dataclass
+
+import torch
+
+from ddfm.color import official_luma_in, official_luma_out, paper_luma_in, paper_luma_out
+
+
+@dataclass
+class EMState:
+    """EM state of one batch; every image has its own tau (official: one global scalar per image)."""
+
+    F1: torch.Tensor      # (N, 1, H, W) horizontal HQS auxiliary u1, carried across steps
+    F2: torch.Tensor      # (N, 1, H, W) vertical HQS auxiliary u2
+    tau_a: torch.Tensor   # (N, 1, 1, 1) EM scale paired with C (official) / gamma (paper)
+    tau_b: torch.Tensor   # (N, 1, 1, 1) EM scale paired with D (official) / rho (paper)
+    fft_k1: torch.Tensor  # (H, W) complex OTF of the horizontal difference, acts as h[c+1] - h[c]
+    fft_k2: torch.Tensor  # (H, W) complex OTF of the vertical difference, acts as h[r+1] - h[r]
+    denom: torch.Tensor   # (H, W) complex 1 + |K1|^2 + |K2|^2 (zero imaginary part)
+
+
+@dataclass
+class EMDiagnostics:
+    """Intermediate quantities of one EM call, for tests and inspection."""
+
+    C: torch.Tensor           # (N, 1, H, W) weight of the y term in the x-update
+    D: torch.Tensor           # (N, 1, H, W) weight of the zero term, after the clip (official)
+    D_preclip: torch.Tensor   # (N, 1, H, W) D before the clip
+    H: torch.Tensor           # (N, 1, H, W) k-update (FFT solve)
+    clip_mask: torch.Tensor   # (N, 1, H, W) bool, where the clip D <- 2C was applied
+    num_clipped: torch.Tensor  # (N,) int64
+
+
+def psf2otf(psf, shape):
+    """MATLAB-style psf2otf: zero-pad bottom/right to ``shape``, roll by -floor(size/2), FFT2.
+
+    psf: (h, w) real tensor; shape: (H, W). Returns the complex (H, W) OTF. The imaginary part is
+    kept (for the difference kernels it is never negligible).
+    """
+    padded = psf.new_zeros(shape)
+    padded[: psf.shape[0], : psf.shape[1]] = psf
+    shifts = (-(psf.shape[0] // 2), -(psf.shape[1] // 2))
+    return torch.fft.fft2(torch.roll(padded, shifts=shifts, dims=(0, 1)))
+
+
+def init_em_state(shape, device=None, dtype=torch.float32):
+    """Official EM_Initial (ddfm_official.md §4.1): F1 = F2 = 0, tau_a = tau_b = 1, OTFs at image size.
+
+    shape: (N, 1, H, W). C, D, H of the official state are recomputed before use, so they are not kept.
+    """
+    n, _, h, w = shape
+    k1 = torch.tensor([[1.0, -1.0]], device=device, dtype=dtype)    # 1x2 horizontal difference
+    k2 = torch.tensor([[1.0], [-1.0]], device=device, dtype=dtype)  # 2x1 vertical difference
+    fft_k1 = psf2otf(k1, (h, w))
+    fft_k2 = psf2otf(k2, (h, w))
+    # |K|^2 as conj(K) K (complex, zero imaginary part) and the sum in that order, as the official code.
+    denom = 1 + torch.conj(fft_k1) * fft_k1 + torch.conj(fft_k2) * fft_k2
+    return EMState(
+        F1=torch.zeros(shape, device=device, dtype=dtype),
+        F2=torch.zeros(shape, device=device, dtype=dtype),
+        tau_a=torch.ones((n, 1, 1, 1), device=device, dtype=dtype),
+        tau_b=torch.ones((n, 1, 1, 1), device=device, dtype=dtype),
+        fft_k1=fft_k1,
+        fft_k2=fft_k2,
+        denom=denom,
+    )
+
+
+def _image_mean(x):
+    """Mean over all pixels of each image: (N, 1, H, W) -> (N, 1, 1, 1)."""
+    return x.reshape(x.shape[0], -1).mean(dim=1).view(-1, 1, 1, 1)
+
+
+def _fft_solve(rhs, state):
+    """k-update (Eq. 25): Re IFFT2[(FFT2(rhs) + conj(K1) FFT2(F1) + conj(K2) FFT2(F2)) / (1+|K1|^2+|K2|^2)]."""
+    num = (torch.fft.fft2(rhs)
+           + torch.conj(state.fft_k1) * torch.fft.fft2(state.F1)
+           + torch.conj(state.fft_k2) * torch.fft.fft2(state.F2))
+    return torch.real(torch.fft.ifft2(num / state.denom))
+
+
+def _zero_boundary_backward_diff(h):
+    """Official u-step differences: a1[.., c] = h[.., c] - h[.., c+1], a1[.., W-1] = h[.., W-1]; a2 on rows."""
+    a1 = h - torch.cat([h[..., :, 1:], torch.zeros_like(h[..., :, :1])], dim=-1)
+    a2 = h - torch.cat([h[..., 1:, :], torch.zeros_like(h[..., :1, :])], dim=-2)
+    return a1, a2
+
+
+def _circular_forward_diff(h):
+    """The difference operators of the OTFs: (K1 h)[.., c] = h[.., c+1] - h[.., c], wrapping around."""
+    return torch.roll(h, -1, dims=-1) - h, torch.roll(h, -1, dims=-2) - h
+
+
+def em_step_official(f_tilde, I, V, state, lamb=0.5, rho=0.001, diagnostics=False):
+    """Official EM_onestep (ddfm_official.md §4.2), float32 operation order of DDFM_TRACES §5 item 7.
+
+    f_tilde: (N, 1, H, W) studio-swing luma of x0 (see color.official_luma_in); I, V: (N, 1, H, W) in
+    [-1, 1], I = visible, V = infrared. Returns (F, new_state), F = I - X (N, 1, H, W), not clamped;
+    with diagnostics=True returns (F, new_state, EMDiagnostics).
+    """
+    Y = I - V
+    X = f_tilde - V
+    # E-step with the previous scales. Note the eps: inside the square for D, before squaring for C.
+    D = torch.sqrt((2 / state.tau_b) / (X ** 2 + 1e-6))
+    C = torch.sqrt((2 / state.tau_a) / (Y - X + 1e-6) ** 2)
+    # The clip D <= 2C is not in the paper; it bounds the infrared weight C/(C+D) below by 1/3.
+    clip_mask = D > 2 * C
+    D_preclip = D
+    D = torch.where(clip_mask, 2 * C, D)
+    # Scale update E[m] = 1/E[1/m] + tau/2 with the old tau; used from the next call on.
+    tau_b = _image_mean(1 / (D + 1e-10) + state.tau_b / 2)
+    tau_a = _image_mean(1 / (C + 1e-10) + state.tau_a / 2)
+    # M-step, one HQS pass: k (FFT solve with the carried F1/F2), u, then x.
+    H = _fft_solve(Y - X, state)
+    a1, a2 = _zero_boundary_backward_diff(H)
+    F1 = rho / (2 * lamb + rho) * a1
+    F2 = rho / (2 * lamb + rho) * a2
+    X = (2 * C * Y + rho * (Y - H)) / (2 * C + 2 * D + rho)
+    F = I - X
+    new_state = EMState(F1=F1, F2=F2, tau_a=tau_a, tau_b=tau_b,
+                        fft_k1=state.fft_k1, fft_k2=state.fft_k2, denom=state.denom)
+    if not diagnostics:
+        return F, new_state
+    diag = EMDiagnostics(C=C, D=D, D_preclip=D_preclip, H=H, clip_mask=clip_mask,
+                         num_clipped=clip_mask.flatten(1).sum(dim=1))
+    return F, new_state, diag
+
+
+def em_step_paper(f_tilde, i, v, state, lamb=0.5, rho=0.001, eps=1e-6, diagnostics=False):
+    """Paper Algorithm 1, lines 3-4: E-step (Eq. 16, 31), M-step k (Eq. 25) -> u (Eq. 27) -> x (Eq. 29).
+
+    f_tilde: (N, 1, H, W) estimate of f in [-1, 1]; i: infrared, v: visible, (N, 1, H, W) in [-1, 1].
+    Returns (f_hat, new_state) with f_hat = x + v (Eq. 30); with diagnostics=True also EMDiagnostics
+    (C = E[1/m], D = E[1/n], H = k; no clip, so clip_mask is all False).
+    eps is a numerical guard added to the squared residuals (not in the paper): x = 0 happens
+    wherever f~ equals v exactly, e.g. on saturated background.
+    """
+    y = i - v
+    x = f_tilde - v
+    gamma, rho_hyper = state.tau_a, state.tau_b
+    # E-step (Eq. 16): inverse-Gaussian posterior means of the inverse mixing variances.
+    m_bar = torch.sqrt(2 / (gamma * ((y - x) ** 2 + eps)))   # E[1/m], likelihood |y - x|
+    n_bar = torch.sqrt(2 / (rho_hyper * (x ** 2 + eps)))     # E[1/n], prior |x|
+    # Eq. 31: gamma = mean E[m], rho = mean E[n], with E[m] = 1/E[1/m] + gamma/2.
+    new_gamma = _image_mean(1 / m_bar + gamma / 2)
+    new_rho_hyper = _image_mean(1 / n_bar + rho_hyper / 2)
+    # M-step. Eq. 25: k from x and the carried u.
+    k = _fft_solve(x, state)
+    # Eq. 27: u = eta / (2 psi + eta) * grad k, with the same (circular) differences as the OTFs.
+    g1, g2 = _circular_forward_diff(k)
+    u1 = rho / (2 * lamb + rho) * g1
+    u2 = rho / (2 * lamb + rho) * g2
+    # Eq. 29.
+    x = (2 * m_bar * y + rho * k) / (2 * m_bar + 2 * n_bar + rho)
+    f_hat = x + v  # Eq. 30
+    new_state = EMState(F1=u1, F2=u2, tau_a=new_gamma, tau_b=new_rho_hyper,
+                        fft_k1=state.fft_k1, fft_k2=state.fft_k2, denom=state.denom)
+    if not diagnostics:
+        return f_hat, new_state
+    no_clip = torch.zeros_like(m_bar, dtype=torch.bool)
+    diag = EMDiagnostics(C=m_bar, D=n_bar, D_preclip=n_bar, H=k, clip_mask=no_clip,
+                         num_clipped=no_clip.flatten(1).sum(dim=1))
+    return f_hat, new_state, diag
+
+
+# --- selection by config name ------------------------------------------------------------------------
+
+EM_STEPS = {"official": em_step_official, "paper": em_step_paper}
+
+# (luma_in, luma_out) around the EM step: f, aux = luma_in(x0); x0_rect = luma_out(x0, aux, F).
+LUMA_IO = {
+    "official": (official_luma_in, official_luma_out),
+    "paper": (paper_luma_in, paper_luma_out),
+}
+
+
+def em_sources(variant, ir, vis):
+    """The two sources in the order ``EM_STEPS[variant]`` takes them: official (vis, ir), paper (ir, vis)."""
+    if variant == "official":
+        return vis, ir
+    if variant == "paper":
+        return ir, vis
+    raise ValueError(f"unknown EM variant {variant!r}; expected one of {sorted(EM_STEPS)}")
+
+
+def em_step(variant, f_tilde, a, b, state, lamb=0.5, rho=0.001, diagnostics=False):
+    """Dispatch one EM call by variant name; (a, b) as returned by ``em_sources``."""
+    if variant not in EM_STEPS:
+        raise ValueError(f"unknown EM variant {variant!r}; expected one of {sorted(EM_STEPS)}")
+    return EM_STEPS[variant](f_tilde, a, b, state, lamb=lamb, rho=rho, diagnostics=diagnostics)

@@ -1,0 +1,362 @@
+"""Image-fusion metrics (EN SD SF MI SCD VIF Qabf SSIM + AG CC PSNR MSE) under two protocols.
+
+Inputs are float arrays of whole grey levels in [0, 255], all of one shape HxW: ``a`` and ``b`` are
+the two sources (any modalities; IVF: a = infrared, b = visible; MIF: a = CT/PET/SPECT, b = MRI) and
+``fused`` the fused image. Read files with ``read_luma`` to get the reference's inputs. EN and MI
+count grey levels, so they round their input to whole levels first. Every metric that involves the
+sources is symmetric in ``a`` and ``b``. Definitions: shared/reference/fusion_metrics.md.
+
+Protocol ``reference`` (the default) reproduces the field's de-facto evaluator (CDDFuse's
+``utils/Evaluator.py``, scikit-image 0.19), quirks included:
+  - MI = I(F;A) + I(F;B) in nats (natural log);
+  - SSIM = ssim(F,A) + ssim(F,B), each with a 7x7 box window, sample covariance (x 49/48),
+    data range L = 2 (scikit-image 0.19's guess for float input), float32 arithmetic, mean over
+    the map with a 3-pixel border cropped;
+  - Qabf: 3x3 Sobel with zero padding (the image border becomes a strong edge), and relative
+    strength G = gF where gX == gF (so equal gradients score G = gF, zero gradients G = 0);
+  - PSNR = 10 log10(max(F)^2 / MSE), the fused image's own peak;
+  - MSE (and the MSE inside PSNR) summed in float32 as the reference does (shifts MSE ~1e-3).
+Protocol ``corrected`` keeps every definition and every aggregation (MI, VIF and SSIM stay the sum
+over both sources) but uses the textbook conventions where the reference deviates:
+  - MI in bits (= reference MI / ln 2);
+  - SSIM per Wang et al. 2004: 11x11 Gaussian window (sigma 1.5), population covariance,
+    L = 255, float64, mean over the valid region (5-pixel border cropped); ssim(x, x) = 1;
+  - Qabf: Sobel with edge replication (no artificial frame) and G = 1 where gX == gF;
+  - PSNR with the 8-bit peak 255; MSE in float64.
+EN, SD, SF, SCD, VIF (multi-scale pixel VIF, sigma_n^2 = 2), AG and CC are identical in both.
+"""
+import numpy as np
+from scipy import fft as _fft
+from scipy import ndimage
+
+from ddfm.metrics_io import read_luma  # noqa: F401  (part of this module's public API)
+
+METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG", "CC", "PSNR", "MSE")
+PROTOCOLS = ("reference", "corrected")
+
+# Xydeas-Petrovic sigmoid constants (strength g, orientation alpha).
+_QG, _KG, _SG = 0.9994, -15.0, 0.5
+_QA, _KA, _SA = 0.9879, -22.0, 0.8
+_VIF_NOISE = 2.0  # HVS noise variance sigma_n^2, 0-255 units
+_VIF_EPS = 1e-10
+_VIF_MIN_SIZE = 41  # smallest side that leaves a non-empty map at all 4 scales
+
+
+def _check_protocol(protocol):
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def _levels(img):
+    """Whole grey levels as int64 in [0, 255]."""
+    return np.clip(np.rint(img), 0, 255).astype(np.int64)
+
+
+def _pearson(x, y):
+    """Pearson correlation over all pixels (nan when either input is constant)."""
+    xc = x - x.mean()
+    yc = y - y.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.sum(xc * yc) / np.sqrt(np.sum(xc * xc) * np.sum(yc * yc)))
+
+
+# ---------------------------------------------------------------- single-image metrics
+
+
+def en(fused):
+    """EN: Shannon entropy (bits) of the 256-level histogram of F. HxW -> [0, 8]."""
+    counts = np.bincount(_levels(fused).ravel(), minlength=256)
+    p = counts[counts > 0] / fused.size
+    return float(-np.sum(p * np.log2(p)))
+
+
+def sd(fused):
+    """SD: population standard deviation of F on the 0-255 scale. HxW -> [0, 127.5]."""
+    return float(np.std(fused))
+
+
+def sf(fused):
+    """SF: sqrt(RF^2 + CF^2), mean squared horizontal / vertical neighbour differences of F."""
+    rf2 = np.mean(np.diff(fused, axis=1) ** 2)
+    cf2 = np.mean(np.diff(fused, axis=0) ** 2)
+    return float(np.sqrt(rf2 + cf2))
+
+
+def ag(fused):
+    """AG: mean of sqrt((Gx^2 + Gy^2) / 2) with central differences (one-sided at the border)."""
+    gx, gy = np.gradient(fused)  # central inside, one-sided on the first/last row and column
+    return float(np.mean(np.sqrt((gx * gx + gy * gy) / 2.0)))
+
+
+# ---------------------------------------------------------------- MI, SCD, CC, MSE, PSNR
+
+
+def _mi_pair(x_levels, f_levels):
+    """I(X;F) in nats from the 256x256 joint histogram of co-located grey levels."""
+    n = x_levels.size
+    joint = np.bincount((x_levels * 256 + f_levels).ravel(), minlength=65536).reshape(256, 256)
+    px = joint.sum(axis=1)
+    pf = joint.sum(axis=0)
+    i, j = np.nonzero(joint)
+    nij = joint[i, j].astype(np.float64)
+    # sum p_ij ln(p_ij / (p_i p_j)) written with counts: ln(n_ij n / (n_i n_j))
+    return float(np.sum(nij * (np.log(nij) + np.log(n) - np.log(px[i]) - np.log(pf[j]))) / n)
+
+
+def mi(a, b, fused, protocol="reference"):
+    """MI: I(F;A) + I(F;B); nats for ``reference``, bits for ``corrected``. HxW -> >= 0."""
+    _check_protocol(protocol)
+    fl = _levels(fused)
+    total = _mi_pair(_levels(a), fl) + _mi_pair(_levels(b), fl)
+    return total if protocol == "reference" else total / np.log(2.0)
+
+
+def scd(a, b, fused):
+    """SCD: r(A, F - B) + r(B, F - A), Pearson correlations of differences. -> [-2, 2]."""
+    return _pearson(a, fused - b) + _pearson(b, fused - a)
+
+
+def cc(a, b, fused):
+    """CC: (r(A, F) + r(B, F)) / 2 with Pearson r. -> [-1, 1]."""
+    return (_pearson(a, fused) + _pearson(b, fused)) / 2.0
+
+
+def _mse(a, b, fused, protocol):
+    if protocol == "reference":
+        # The reference sums in float32 (NumPy's pairwise sum); at MSE ~ 2000 that moves the value
+        # by up to ~1e-3, so the same float32 reduction is used to reproduce it.
+        a, b, fused = (np.asarray(x, dtype=np.float32) for x in (a, b, fused))
+        return (np.mean((a - fused) ** 2) + np.mean((b - fused) ** 2)) / np.float32(2)
+    return (np.mean((a - fused) ** 2) + np.mean((b - fused) ** 2)) / 2.0
+
+
+def mse(a, b, fused, protocol="reference"):
+    """MSE: (mean (A - F)^2 + mean (B - F)^2) / 2 on the 0-255 scale (float32 sums for reference)."""
+    _check_protocol(protocol)
+    return float(_mse(a, b, fused, protocol))
+
+
+def psnr(a, b, fused, protocol="reference"):
+    """PSNR (dB) = 10 log10(peak^2 / MSE); peak = max(F) for ``reference``, 255 for ``corrected``."""
+    _check_protocol(protocol)
+    err = _mse(a, b, fused, protocol)
+    peak = np.max(np.asarray(fused, dtype=err.dtype)) if protocol == "reference" else 255.0
+    with np.errstate(divide="ignore"):
+        return float(10.0 * np.log10(peak * peak / err))
+
+
+# ---------------------------------------------------------------- VIF
+
+
+def _vif_kernel(n):
+    """Normalised 1-D factor of the NxN Gaussian window (sigma = N/5) of vifp_mscale."""
+    sigma = n / 5.0
+    x = np.arange(n) - (n - 1) / 2.0
+    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    # The 2-D window zeroes entries below eps * max; for N <= 17, sigma = N/5 none is that small,
+    # so the window is exactly separable.
+    return g / g.sum()
+
+
+def _filter_valid(stack, g):
+    """'valid' 2-D filtering of each (H, W) slice of ``stack`` with the separable window g x g."""
+    n = g.size
+    h, w = stack.shape[-2:]
+    # Circular convolution of a length-L signal reproduces linear convolution on the valid part
+    # whenever L >= H, so no padding is needed beyond a fast FFT length.
+    lh, lw = _fft.next_fast_len(h, real=True), _fft.next_fast_len(w, real=True)
+    kernel = np.zeros((lh, lw))
+    kernel[:n, :n] = np.outer(g, g)
+    spec = _fft.rfft2(stack, s=(lh, lw), workers=-1) * _fft.rfft2(kernel, workers=-1)
+    full = _fft.irfft2(spec, s=(lh, lw), workers=-1)
+    return full[..., n - 1:h, n - 1:w]
+
+
+def _vif_statistics(ref_stack_means, f_mean, f_sq):
+    """Per-pixel local variances from filtered moments (negatives clipped to 0 as the reference)."""
+    mu_r, e_rr, e_rf = ref_stack_means
+    var_r = np.maximum(e_rr - mu_r * mu_r, 0.0)
+    var_f = np.maximum(f_sq - f_mean * f_mean, 0.0)
+    cov = e_rf - mu_r * f_mean
+    return var_r, var_f, cov
+
+
+def _vif_scale_terms(var_r, var_f, cov):
+    """(num_s, den_s) of one scale of VIFp for one reference, with the reference's fix-ups."""
+    g = cov / (var_r + _VIF_EPS)
+    sv = var_f - g * cov
+    flat_r = var_r < _VIF_EPS
+    g = np.where(flat_r, 0.0, g)
+    sv = np.where(flat_r, var_f, sv)
+    var_r = np.where(flat_r, 0.0, var_r)
+    flat_f = var_f < _VIF_EPS
+    g = np.where(flat_f, 0.0, g)
+    sv = np.where(flat_f, 0.0, sv)
+    neg = g < 0
+    sv = np.where(neg, var_f, sv)
+    g = np.where(neg, 0.0, g)
+    sv = np.maximum(sv, _VIF_EPS)
+    num = np.sum(np.log10(1.0 + g * g * var_r / (sv + _VIF_NOISE)))
+    den = np.sum(np.log10(1.0 + var_r / _VIF_NOISE))
+    return num, den
+
+
+def vif(a, b, fused):
+    """VIF: VIFp(A, F) + VIFp(B, F), 4-scale pixel-domain VIF (Sheikh & Bovik). -> about [0, 2]."""
+    if min(fused.shape) < _VIF_MIN_SIZE:
+        raise ValueError(f"VIF needs images of at least {_VIF_MIN_SIZE}x{_VIF_MIN_SIZE}")
+    a, b, f = (np.asarray(x, dtype=np.float64) for x in (a, b, fused))
+    num = np.zeros(2)
+    den = np.zeros(2)
+    for scale in range(1, 5):
+        g = _vif_kernel(2 ** (5 - scale) + 1)
+        if scale > 1:
+            # Blur with the current scale's window ('valid'), then keep every second row/column.
+            a, b, f = _filter_valid(np.stack([a, b, f]), g)[:, ::2, ::2]
+        moments = _filter_valid(np.stack([f, f * f, a, a * a, a * f, b, b * b, b * f]), g)
+        for k, rest in enumerate((moments[2:5], moments[5:8])):
+            terms = _vif_scale_terms(*_vif_statistics(rest, moments[0], moments[1]))
+            num[k] += terms[0]
+            den[k] += terms[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = num / den
+    ratios = np.where(np.isnan(ratios), 1.0, ratios)  # the reference maps a NaN VIFp to 1
+    return float(ratios[0] + ratios[1])
+
+
+# ---------------------------------------------------------------- Qabf
+
+
+def _sobel(img, zero_pad):
+    """3x3 Sobel (gx, gy) as true convolution with the reference kernels; 'same' size output."""
+    p = np.pad(img, 1, mode="constant" if zero_pad else "edge")
+    smooth_v = p[:-2, :] + 2.0 * p[1:-1, :] + p[2:, :]  # [1,2,1] down the columns, (H, W+2)
+    smooth_h = p[:, :-2] + 2.0 * p[:, 1:-1] + p[:, 2:]  # [1,2,1] along the rows, (H+2, W)
+    gx = smooth_v[:, :-2] - smooth_v[:, 2:]  # f[j-1] - f[j+1]: the flipped x-kernel
+    gy = smooth_h[2:, :] - smooth_h[:-2, :]  # f[i+1] - f[i-1]: the flipped y-kernel
+    return gx, gy
+
+
+def _strength_angle(img, zero_pad):
+    gx, gy = _sobel(img, zero_pad)
+    strength = np.sqrt(gx * gx + gy * gy)
+    zero = gx == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        angle = np.where(zero, np.pi / 2, np.arctan(gy / np.where(zero, 1.0, gx)))
+    return strength, angle
+
+
+def _edge_preservation(gx_, ax_, gf, af, reference):
+    """Q_XF = Q_g * Q_alpha per pixel for one source against F."""
+    lo = np.minimum(gx_, gf)
+    hi = np.maximum(gx_, gf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = lo / np.where(hi > 0, hi, 1.0)
+    # Reference quirk: where gX == gF the relative strength is gF itself, not 1.
+    rel = np.where(gx_ == gf, gf if reference else 1.0, rel)
+    agree = 1.0 - np.abs(ax_ - af) / (np.pi / 2)
+    q_g = _QG / (1.0 + np.exp(_KG * (rel - _SG)))
+    q_a = _QA / (1.0 + np.exp(_KA * (agree - _SA)))
+    return q_g * q_a
+
+
+def qabf(a, b, fused, protocol="reference"):
+    """Qabf: Xydeas-Petrovic edge preservation, sum(Q_AF gA + Q_BF gB) / sum(gA + gB). -> [0, 1]."""
+    _check_protocol(protocol)
+    reference = protocol == "reference"
+    ga, aa = _strength_angle(np.asarray(a, dtype=np.float64), reference)
+    gb, ab = _strength_angle(np.asarray(b, dtype=np.float64), reference)
+    gf, af = _strength_angle(np.asarray(fused, dtype=np.float64), reference)
+    num = np.sum(_edge_preservation(ga, aa, gf, af, reference) * ga
+                 + _edge_preservation(gb, ab, gf, af, reference) * gb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(num / np.sum(ga + gb))
+
+
+# ---------------------------------------------------------------- SSIM
+
+
+def _ssim_reference(f, sources):
+    """Sum of skimage-0.19 SSIM(F, X): 7x7 box, sample covariance, L = 2, float32 arithmetic."""
+    c1 = np.float32((0.01 * 2) ** 2)
+    c2 = np.float32((0.03 * 2) ** 2)
+    cov_norm = np.float32(49.0 / 48.0)
+
+    def box(x):
+        # Box mean over the 7x7 window; the 3-pixel border is cropped below, so mode is irrelevant.
+        return ndimage.uniform_filter(x, size=7)[3:-3, 3:-3]
+
+    f = f.astype(np.float32)
+    uf, uff = box(f), box(f * f)
+    vf = cov_norm * (uff - uf * uf)
+    total = 0.0
+    for x in sources:
+        x = x.astype(np.float32)
+        ux, uxx, ufx = box(x), box(x * x), box(f * x)
+        vx = cov_norm * (uxx - ux * ux)
+        vfx = cov_norm * (ufx - uf * ux)
+        num = (2 * uf * ux + c1) * (2 * vfx + c2)
+        den = (uf * uf + ux * ux + c1) * (vf + vx + c2)
+        total += float(np.mean(num / den, dtype=np.float64))
+    return total
+
+
+def _ssim_corrected(f, sources):
+    """Sum of Wang et al. SSIM(F, X): 11x11 Gaussian (sigma 1.5), L = 255, float64, valid region."""
+    c1 = (0.01 * 255.0) ** 2
+    c2 = (0.03 * 255.0) ** 2
+
+    def gauss(x):
+        # truncate 5/1.5 gives radius 5, an 11x11 window; the 5-pixel border is cropped.
+        return ndimage.gaussian_filter(x, sigma=1.5, truncate=5.0 / 1.5)[5:-5, 5:-5]
+
+    uf, uff = gauss(f), gauss(f * f)
+    vf = uff - uf * uf
+    total = 0.0
+    for x in sources:
+        ux, uxx, ufx = gauss(x), gauss(x * x), gauss(f * x)
+        vx = uxx - ux * ux
+        vfx = ufx - uf * ux
+        num = (2 * uf * ux + c1) * (2 * vfx + c2)
+        den = (uf * uf + ux * ux + c1) * (vf + vx + c2)
+        total += float(np.mean(num / den))
+    return total
+
+
+def ssim(a, b, fused, protocol="reference"):
+    """SSIM: ssim(F, A) + ssim(F, B) under the protocol's conventions. -> at most 2."""
+    _check_protocol(protocol)
+    arrays = [np.asarray(x, dtype=np.float64) for x in (a, b, fused)]
+    if protocol == "reference":
+        return _ssim_reference(arrays[2], arrays[:2])
+    return _ssim_corrected(arrays[2], arrays[:2])
+
+
+# ---------------------------------------------------------------- all at once
+
+_SINGLE = {"EN": en, "SD": sd, "SF": sf, "AG": ag}
+_PAIRED = {"SCD": scd, "VIF": vif, "CC": cc}
+_BY_PROTOCOL = {"MI": mi, "Qabf": qabf, "SSIM": ssim, "PSNR": psnr, "MSE": mse}
+
+
+def compute_metrics(a, b, fused, protocol="reference", metrics=None):
+    """Metrics of one (A, B, F) triple of HxW grey-level arrays -> {name: float} in METRICS order."""
+    _check_protocol(protocol)
+    names = METRICS if metrics is None else tuple(metrics)
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; expected names from {METRICS}")
+    a, b, fused = (np.asarray(x, dtype=np.float64) for x in (a, b, fused))
+    if a.ndim != 2 or not (a.shape == b.shape == fused.shape):
+        raise ValueError(f"need three 2-D arrays of one shape, got {a.shape}, {b.shape}, {fused.shape}")
+    out = {}
+    for name in METRICS:
+        if name not in names:
+            continue
+        if name in _SINGLE:
+            out[name] = _SINGLE[name](fused)
+        elif name in _PAIRED:
+            out[name] = _PAIRED[name](a, b, fused)
+        else:
+            out[name] = _BY_PROTOCOL[name](a, b, fused, protocol)
+    return out

@@ -1,0 +1,149 @@
+"""Dataset driver: pairs -> batches -> (ranks) -> fused images, progress, run.json, resume.
+
+Every per-pair problem is reported as one line and the other pairs still run; the caller turns
+the failure count into the exit code. Outputs are written atomically and existing ones are
+skipped (unless overwrite), so an interrupted run resumes where it stopped.
+"""
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddfm import distributed, io
+from ddfm.fusion import Fuser
+from ddfm.prior import build_diffusion, build_prior, resolve_device, resolve_prior
+
+
+class RunError(ValueError):
+    """A problem that stops the whole run (bad folders, bad output location), as one line."""
+
+
+def check_save_dir(save_dir, input_dir, modalities):
+    """The output folder must be writable and must not be an input folder."""
+    save = Path(save_dir).resolve()
+    for folder in [Path(input_dir)] + [Path(input_dir) / m for m in modalities]:
+        if folder.exists() and folder.resolve() == save:
+            raise RunError(f"{save_dir}: output folder is the input folder {folder}; choose another --save_dir")
+    try:
+        (save / "recon").mkdir(parents=True, exist_ok=True)
+        probe = save / "recon" / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RunError(f"{save_dir}: output folder is not writable ({err.strerror or err})") from None
+
+
+class Recorder:
+    """Collects the per-step progress frames of one batch and writes them (files + GIF)."""
+
+    def __init__(self, save_dir, stems):
+        self.dirs = [Path(save_dir) / "progress" / stem for stem in stems]
+        self.frames = [[] for _ in stems]
+
+    def __call__(self, i, frames):
+        for k, frame in enumerate(frames):
+            io.write_image_atomic(self.dirs[k] / f"x_{i:04d}.png", frame)
+            self.frames[k].append(frame)
+
+    def finish(self):
+        for folder, frames in zip(self.dirs, self.frames):
+            if frames:
+                io.write_gif(folder.with_suffix(".gif"), frames)
+
+
+def versions():
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform()}
+
+
+def build_fuser(config, log):
+    """Resolve the prior and device, build model and sampler; returns (fuser, prior_info)."""
+    fusion = config.fusion
+    kind, reason = resolve_prior(fusion["prior"], config.model)
+    log(reason)
+    device = distributed.local_device(resolve_device(fusion["device"]))
+    seed = int(config.diffusion.get("seed", 3407))
+    if kind == "none":
+        return Fuser(fusion, seed=seed, device=device), {"prior": "none", "reason": reason}
+    model = build_prior(config.model, device, dtype=fusion["dtype"],
+                        channels_last=fusion["channels_last"], compile_model=fusion["compile"])
+    diffusion = build_diffusion(config.diffusion)
+    info = {"prior": "adm", "model_path": str(config.model.get("model_path")), "reason": reason,
+            "device": str(device), "dtype": fusion["dtype"], "steps": int(diffusion.num_timesteps)}
+    return Fuser(fusion, seed=seed, model=model, diffusion=diffusion, device=device), info
+
+
+def iter_batches(items, fuser, batch_size):
+    """Group (pair, src_a, src_b) by sampler size; yield lists of at most batch_size."""
+    pending = {}
+    for item in items:
+        key = (None,) if fuser.prior_free else fuser.fused_shape(item[1])
+        bucket = pending.setdefault(key, [])
+        bucket.append(item)
+        if len(bucket) >= batch_size:
+            yield pending.pop(key)
+    yield from pending.values()
+
+
+def load_pairs(pairs, failures, log):
+    """Decode and check each pair lazily; a bad pair is logged and recorded, not fatal."""
+    for pair in pairs:
+        try:
+            src_a, src_b = io.read_image(pair.a), io.read_image(pair.b)
+            io.check_pair(pair.stem, src_a, src_b)
+        except io.FusionInputError as err:
+            log(f"error: {err}")
+            failures[pair.stem] = str(err)
+            continue
+        yield pair, src_a, src_b
+
+
+def run(config, save_dir="output", overwrite=False, log=print, progress=True):
+    """Fuse every pair of the configured folders into <save_dir>/recon; returns the run record."""
+    fusion = config.fusion
+    check_save_dir(save_dir, fusion["input_dir"], fusion["modalities"])
+    pairs, problems = io.find_pairs(fusion["input_dir"], fusion["modalities"])
+    rank, world = distributed.rank_and_world()
+    pairs = pairs[rank::world]
+    failures = {}
+    for message in problems:
+        log(f"error: {message}")
+        failures[Path(message.split(":")[0]).stem] = message
+    recon = Path(save_dir) / "recon"
+    todo = [p for p in pairs if overwrite or not (recon / f"{p.stem}.png").exists()]
+    skipped = [p.stem for p in pairs if p not in todo]
+    if skipped:
+        log(f"{len(skipped)} pair(s) already fused in {recon}: skipped (use --overwrite to redo)")
+
+    fuser, prior_info = build_fuser(config, log)
+    timings = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc="pairs", unit="pair")
+    for batch in iter_batches(load_pairs(todo, failures, log), fuser, fusion["batch_size"]):
+        stems = [pair.stem for pair, _, _ in batch]
+        recorder = Recorder(save_dir, stems) if fusion["record"] and not fuser.prior_free else None
+        start = time.perf_counter()
+        images = fuser.fuse_batch([(a, b) for _, a, b in batch], step_callback=recorder,
+                                  progress=progress)
+        seconds = (time.perf_counter() - start) / len(batch)
+        for stem, image in zip(stems, images):
+            io.write_image_atomic(recon / f"{stem}.png", image)
+            timings[stem] = round(seconds, 4)
+        if recorder is not None:
+            recorder.finish()
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+
+    record = {"configs": config.as_dict(), "prior": prior_info, "variant": fusion["variant"],
+              "seed": int(config.diffusion.get("seed", 3407)), "versions": versions(),
+              "command": sys.argv, "fused": timings, "skipped": skipped, "failed": failures}
+    distributed.write_run_record(save_dir, record, rank, world)
+    return record

@@ -1,0 +1,84 @@
+"""The DDFM sampling loop: x_T -> [UNet -> x0 -> EM rectification -> next x] -> fused luma.
+
+The loop only does maths on tensors: it never reads or writes files. Whoever wants the
+per-step images (the CLI's `record`) passes a `callback`.
+"""
+import torch
+
+from ddfm import color, em
+
+
+def seeded_generators(seed, count):
+    """One CPU generator per image, each seeded alike (the official code re-seeds per image).
+
+    Drawing per image on the CPU makes a batch equal to single runs and a GPU run start from
+    the same x_T as a CPU run.
+    """
+    return [torch.Generator(device="cpu").manual_seed(int(seed)) for _ in range(count)]
+
+
+def draw_noise(generators, shape, device):
+    """Standard normal noise (N, *shape): row k from generators[k]."""
+    rows = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
+    return torch.stack(rows).to(device)
+
+
+def needs_noise(diffusion):
+    """DDIM with eta 0 multiplies its noise by zero: skip drawing it."""
+    return not (getattr(diffusion, "sampler", "ddim") == "ddim" and float(getattr(diffusion, "eta", 0.0)) == 0.0)
+
+
+class Rectifier:
+    """The rectify_fn(x0, t) hook: one EM step on the luma of x0, state carried across steps.
+
+    a, b: (N,1,H,W) sources on the [-1,1] scale; a plays the infrared role, b the visible role.
+    After each call `state` holds the EM state and `fused` the EM output F (N,1,H,W).
+    """
+
+    def __init__(self, variant, a, b, lamb=0.5, rho=0.001):
+        self.src_i, self.src_v = em.em_sources(variant, ir=a, vis=b)
+        self.step = em.EM_STEPS[variant]
+        self.luma_in, self.luma_out = em.LUMA_IO[variant]
+        self.lamb, self.rho = lamb, rho
+        self.state = em.init_em_state(a.shape, device=a.device, dtype=torch.float32)
+        self.fused = None
+
+    def __call__(self, x0, t):
+        x0 = x0.float()
+        f_tilde, aux = self.luma_in(x0)
+        self.fused, self.state = self.step(f_tilde, self.src_i, self.src_v, self.state,
+                                           lamb=self.lamb, rho=self.rho)
+        return self.luma_out(x0, aux, self.fused)
+
+
+@torch.no_grad()
+def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.001, seed=3407,
+                generators=None, x_T=None, callback=None, progress=False):
+    """Fuse a batch: returns the final sample's BT.601 luma (N,1,H,W), on the [-1,1] scale.
+
+    a, b: (N,1,H,W) float32 sources in [-1,1], H and W divisible by 32 for the ADM UNet.
+    The sampler (DDIM eta / DDPM) comes from `diffusion`; EM runs at every step, the last included.
+    callback(dict) receives i, t (original timestep), x (the new latent), pred_xstart, rectified,
+    em_F and em_state.
+    """
+    n, _, h, w = a.shape
+    device = a.device
+    if generators is None:
+        generators = seeded_generators(seed, n)
+    x = draw_noise(generators, (3, h, w), device) if x_T is None else x_T.to(device)
+    rectify = Rectifier(variant, a, b, lamb, rho)
+    draw = needs_noise(diffusion)
+    indices = list(range(diffusion.num_timesteps))[::-1]
+    if progress:
+        from tqdm.auto import tqdm
+        indices = tqdm(indices, desc="steps", leave=False)
+    for i in indices:
+        t = torch.full((n,), i, dtype=torch.long, device=device)
+        noise = draw_noise(generators, (3, h, w), device) if draw else torch.zeros_like(x)
+        out = diffusion.sample_step(model, x, t, rectify_fn=rectify, noise=noise)
+        x = out["sample"]
+        if callback is not None:
+            callback({"i": i, "t": int(diffusion.timestep_map[i]), "x": x,
+                      "pred_xstart": out["pred_xstart"], "rectified": out["rectified_xstart"],
+                      "em_F": rectify.fused, "em_state": rectify.state})
+    return color.rgb_to_luma(x)

@@ -1,0 +1,401 @@
+"""Gaussian diffusion (Ho et al. 2020; Nichol & Dhariwal 2021) with DDPM and DDIM sampling.
+
+Follows OpenAI guided-diffusion's `GaussianDiffusion` (reference/guided_diffusion.md §6-§8):
+schedules and every derived table are float64 numpy arrays; a coefficient is indexed by the batch
+timesteps, cast to float32, then broadcast against float32 tensors.
+
+The step maths is exposed without a model (`split_model_output`, `ddpm_step`, `ddim_step`) so a
+method such as DDFM can rectify the predicted x0 between the network call and the update
+(`rectify_fn`). `p_sample` / `ddim_sample` and the loops are thin compositions of those pieces.
+"""
+import math
+
+import numpy as np
+import torch
+
+MEAN_TYPES = ("epsilon", "start_x", "previous_x")
+VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
+SAMPLERS = ("ddpm", "ddim")
+
+
+def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
+    """Betas [T] float64: "linear" (1e-4..0.02 scaled by 1000/T) or "cosine" (Nichol & Dhariwal)."""
+    if schedule_name == "linear":
+        scale = 1000 / num_diffusion_timesteps
+        return np.linspace(scale * 0.0001, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
+    if schedule_name == "cosine":
+        return betas_for_alpha_bar(
+            num_diffusion_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        )
+    raise ValueError(f"unknown noise_schedule: {schedule_name!r} (expected 'linear' or 'cosine')")
+
+
+def betas_for_alpha_bar(num_diffusion_timesteps, alpha_bar, max_beta=0.999):
+    """Betas [T] with beta_i = min(1 - alpha_bar((i+1)/T) / alpha_bar(i/T), max_beta)."""
+    betas = []
+    for i in range(num_diffusion_timesteps):
+        t1 = i / num_diffusion_timesteps
+        t2 = (i + 1) / num_diffusion_timesteps
+        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
+    return np.array(betas, dtype=np.float64)
+
+
+def extract_into_tensor(arr, timesteps, broadcast_shape):
+    """arr[timesteps] from a float64 table, cast to float32, broadcast to `broadcast_shape`."""
+    res = torch.from_numpy(arr).to(device=timesteps.device)[timesteps].float()
+    while res.dim() < len(broadcast_shape):
+        res = res[..., None]
+    return res.expand(broadcast_shape)
+
+
+def dynamic_threshold(x, percentile=0.995):
+    """Imagen dynamic thresholding: s = max(1, percentile of |x| per sample); x -> clamp(x, -s, s) / s."""
+    s = torch.quantile(x.abs().reshape(x.shape[0], -1).float(), percentile, dim=1)
+    s = torch.clamp(s, min=1.0).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return torch.maximum(torch.minimum(x, s), -s) / s
+
+
+def draw_noise(x, noise=None, generator=None):
+    """The step's one standard-normal draw shaped like x: given `noise`, else from `generator`
+    (or the global RNG, like randn_like)."""
+    if noise is not None:
+        if generator is not None:
+            raise ValueError("pass either noise or generator, not both")
+        if noise.shape != x.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} != sample shape {tuple(x.shape)}")
+        return noise.to(device=x.device, dtype=x.dtype)
+    if generator is not None:
+        return torch.randn(x.shape, generator=generator, device=generator.device,
+                           dtype=x.dtype).to(x.device)
+    return torch.randn_like(x)
+
+
+def _nonzero_mask(t, x):
+    """1 where t != 0, 0 at the last step (its noise is drawn but unused); shaped [N, 1, ...]."""
+    return (t != 0).float().reshape(-1, *([1] * (x.dim() - 1)))
+
+
+class GaussianDiffusion:
+    """The forward process q and the learned reverse process p over `len(betas)` steps.
+
+    betas: 1-D float64 array. model_mean_type: epsilon | start_x | previous_x.
+    model_var_type: fixed_small | fixed_large | learned | learned_range.
+    sampler / clip_denoised / dynamic_threshold / eta configure `sample_step` and `sample_loop`.
+    """
+
+    def __init__(self, *, betas, model_mean_type="epsilon", model_var_type="learned_range",
+                 rescale_timesteps=False, sampler="ddpm", clip_denoised=True,
+                 dynamic_threshold=False, eta=0.0):
+        self.model_mean_type = str(model_mean_type).lower()
+        self.model_var_type = str(model_var_type).lower()
+        if self.model_mean_type not in MEAN_TYPES:
+            raise ValueError(f"unknown model_mean_type: {model_mean_type!r} (expected one of {MEAN_TYPES})")
+        if self.model_var_type not in VAR_TYPES:
+            raise ValueError(f"unknown model_var_type: {model_var_type!r} (expected one of {VAR_TYPES})")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler: {sampler!r} (expected one of {SAMPLERS})")
+        if sampler == "ddpm" and eta != 0.0:
+            raise ValueError(f"eta={eta} only applies to the ddim sampler")
+        self.rescale_timesteps = rescale_timesteps
+        self.sampler = sampler
+        self.clip_denoised = bool(clip_denoised)
+        self.dynamic_threshold = bool(dynamic_threshold)
+        self.eta = float(eta)
+
+        betas = np.array(betas, dtype=np.float64)
+        if betas.ndim != 1 or len(betas) < 2:
+            raise ValueError(f"need a 1-D schedule of at least 2 betas, got shape {betas.shape}")
+        if not ((betas > 0).all() and (betas <= 1).all()):
+            raise ValueError("betas must lie in (0, 1]")
+        self.betas = betas
+        self.num_timesteps = len(betas)
+        # Index k of the process runs the network at original timestep timestep_map[k].
+        self.timestep_map = np.arange(self.num_timesteps, dtype=np.int64)
+
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas, axis=0)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
+
+        # q(x_t | x_0)
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+
+        # q(x_{t-1} | x_t, x_0)
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # The variance is 0 at t=0, so its log is clipped by repeating entry 1.
+        self.posterior_log_variance_clipped = np.log(
+            np.append(self.posterior_variance[1], self.posterior_variance[1:])
+        )
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        )
+
+    # ----------------------------------------------------------------- forward process q
+    def q_mean_variance(self, x_start, t):
+        """Mean, variance, log-variance of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)."""
+        mean = extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+        variance = extract_into_tensor(1.0 - self.alphas_cumprod, t, x_start.shape)
+        log_variance = extract_into_tensor(self.log_one_minus_alphas_cumprod, t, x_start.shape)
+        return mean, variance, log_variance
+
+    def q_sample(self, x_start, t, noise=None):
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+                + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+
+    def q_posterior_mean_variance(self, x_start, x_t, t):
+        """Mean, variance, clipped log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7)."""
+        mean = (extract_into_tensor(self.posterior_mean_coef1, t, x_t.shape) * x_start
+                + extract_into_tensor(self.posterior_mean_coef2, t, x_t.shape) * x_t)
+        variance = extract_into_tensor(self.posterior_variance, t, x_t.shape)
+        log_variance = extract_into_tensor(self.posterior_log_variance_clipped, t, x_t.shape)
+        return mean, variance, log_variance
+
+    # ----------------------------------------------------------------- conversions
+    def predict_xstart_from_eps(self, x_t, t, eps):
+        """x_0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps."""
+        return (extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+                - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
+
+    def predict_eps_from_xstart(self, x_t, t, pred_xstart):
+        """eps = (sqrt(1/abar_t) x_t - x_0) / sqrt(1/abar_t - 1)."""
+        return ((extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart)
+                / extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
+
+    def predict_xstart_from_xprev(self, x_t, t, xprev):
+        """Invert the posterior mean: x_0 = (x_{t-1} - coef2 x_t) / coef1."""
+        return (extract_into_tensor(1.0 / self.posterior_mean_coef1, t, x_t.shape) * xprev
+                - extract_into_tensor(self.posterior_mean_coef2 / self.posterior_mean_coef1, t,
+                                      x_t.shape) * x_t)
+
+    # ----------------------------------------------------------------- reverse process p
+    def scale_timesteps(self, t):
+        """Timesteps as the network expects them: unchanged, or *1000/T when rescale_timesteps."""
+        if self.rescale_timesteps:
+            return t.float() * (1000.0 / self.num_timesteps)
+        return t
+
+    def run_model(self, model, x, t, model_kwargs=None):
+        """The raw network output for x_t at process index t [N]."""
+        return model(x, self.scale_timesteps(t), **(model_kwargs or {}))
+
+    def split_model_output(self, model_output, x, t, clip_denoised=True, denoised_fn=None):
+        """Interpret a raw network output as p(x_{t-1} | x_t) (original p_mean_variance minus the call).
+
+        Returns dict(model_output, eps, pred_xstart, mean, variance, log_variance); pred_xstart is
+        after denoised_fn, dynamic thresholding (if configured) and the [-1, 1] clamp.
+        `eps` is the noise estimate implied by the unprocessed prediction.
+        """
+        n, c = x.shape[:2]
+        if self.model_var_type in ("learned", "learned_range"):
+            assert model_output.shape[1] == 2 * c, "learned variance needs 2*C output channels"
+            model_output_mean, model_var_values = torch.split(model_output, c, dim=1)
+            if self.model_var_type == "learned":
+                log_variance = model_var_values
+            else:
+                # v in [-1, 1] interpolates between the posterior (min) and beta_t (max) log-variance;
+                # it is not clamped, so values outside extrapolate, like the original.
+                min_log = extract_into_tensor(self.posterior_log_variance_clipped, t, x.shape)
+                max_log = extract_into_tensor(np.log(self.betas), t, x.shape)
+                frac = (model_var_values + 1) / 2
+                log_variance = frac * max_log + (1 - frac) * min_log
+            variance = torch.exp(log_variance)
+        else:
+            model_output_mean = model_output
+            if self.model_var_type == "fixed_large":
+                # beta_t, except at t=0 where the posterior variance is used for a better likelihood.
+                var_table = np.append(self.posterior_variance[1], self.betas[1:])
+                log_table = np.log(var_table)
+            else:
+                var_table, log_table = self.posterior_variance, self.posterior_log_variance_clipped
+            variance = extract_into_tensor(var_table, t, x.shape)
+            log_variance = extract_into_tensor(log_table, t, x.shape)
+
+        def process_xstart(x0):
+            if denoised_fn is not None:
+                x0 = denoised_fn(x0)
+            if self.dynamic_threshold:
+                x0 = dynamic_threshold(x0)
+            if clip_denoised:
+                x0 = x0.clamp(-1, 1)
+            return x0
+
+        if self.model_mean_type == "previous_x":
+            raw_xstart = self.predict_xstart_from_xprev(x, t, model_output_mean)
+            pred_xstart = process_xstart(raw_xstart)
+            mean = model_output_mean
+            eps = self.predict_eps_from_xstart(x, t, raw_xstart)
+        else:
+            if self.model_mean_type == "start_x":
+                raw_xstart = model_output_mean
+                eps = self.predict_eps_from_xstart(x, t, raw_xstart)
+            else:
+                eps = model_output_mean
+                raw_xstart = self.predict_xstart_from_eps(x, t, eps)
+            pred_xstart = process_xstart(raw_xstart)
+            mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
+        return dict(model_output=model_output, eps=eps, pred_xstart=pred_xstart, mean=mean,
+                    variance=variance, log_variance=log_variance)
+
+    def p_mean_variance(self, model, x, t, clip_denoised=True, denoised_fn=None, model_kwargs=None):
+        """Run the model on x_t [N, C, ...] at index t [N]; return split_model_output's dict."""
+        model_output = self.run_model(model, x, t, model_kwargs)
+        return self.split_model_output(model_output, x, t, clip_denoised, denoised_fn)
+
+    # ----------------------------------------------------------------- pure step maths
+    def ddpm_step(self, x_t, t, pred_xstart, log_variance, noise, mean=None):
+        """Ancestral step x_{t-1} = mu(x_0, x_t) + [t != 0] exp(log_var / 2) noise.
+
+        mu is the posterior mean of (pred_xstart, x_t) unless `mean` is given (previous_x models).
+        Returns dict(sample, mean).
+        """
+        if mean is None:
+            mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
+        sample = mean + _nonzero_mask(t, x_t) * torch.exp(0.5 * log_variance) * noise
+        return dict(sample=sample, mean=mean)
+
+    def ddim_step(self, x_t, t, pred_xstart, eta=0.0, noise=None):
+        """DDIM step (Song et al. eq. 12): x0 sqrt(abar') + sqrt(1 - abar' - s^2) eps' + [t != 0] s noise.
+
+        eps' is re-derived from pred_xstart; s = eta sqrt((1-abar')/(1-abar)) sqrt(1 - abar/abar').
+        noise may be None only when eta == 0. Returns dict(sample, eps).
+        """
+        eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
+        # Unlike the other coefficients, abar and abar' are cast to float32 before the square roots.
+        alpha_bar = extract_into_tensor(self.alphas_cumprod, t, x_t.shape)
+        alpha_bar_prev = extract_into_tensor(self.alphas_cumprod_prev, t, x_t.shape)
+        sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
+                 * torch.sqrt(1 - alpha_bar / alpha_bar_prev))
+        sample = pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
+        if noise is not None:
+            sample = sample + _nonzero_mask(t, x_t) * sigma * noise
+        elif eta != 0.0:
+            raise ValueError("ddim_step with eta != 0 needs noise")
+        return dict(sample=sample, eps=eps)
+
+    # ----------------------------------------------------------------- one sampling step
+    def p_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, rectify_fn=None,
+                 noise=None, generator=None, model_kwargs=None):
+        """One DDPM step x_t -> x_{t-1}; rectify_fn(pred_xstart, t) may replace x0 before the update.
+
+        Draws exactly one normal sample (after rectify_fn), even at t=0.
+        Returns dict(sample, pred_xstart, rectified_xstart, model_output, eps, mean, variance,
+        log_variance); `mean` is the mean actually used.
+        """
+        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+        rectified = out["pred_xstart"] if rectify_fn is None else rectify_fn(out["pred_xstart"], t)
+        noise = draw_noise(x, noise, generator)
+        # Without rectification the model's own mean is used (it differs for previous_x models).
+        step = self.ddpm_step(x, t, rectified, out["log_variance"], noise,
+                              mean=out["mean"] if rectify_fn is None else None)
+        return dict(out, sample=step["sample"], mean=step["mean"], rectified_xstart=rectified)
+
+    def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, rectify_fn=None,
+                    eta=0.0, noise=None, generator=None, model_kwargs=None):
+        """One DDIM step x_t -> x_{t-1}; rectify_fn(pred_xstart, t) may replace x0 before the update.
+
+        Draws exactly one normal sample (after rectify_fn), even when eta == 0 or t == 0.
+        Returns dict(sample, pred_xstart, rectified_xstart, rectified_eps, model_output, eps, ...).
+        """
+        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+        rectified = out["pred_xstart"] if rectify_fn is None else rectify_fn(out["pred_xstart"], t)
+        noise = draw_noise(x, noise, generator)
+        step = self.ddim_step(x, t, rectified, eta, noise)
+        return dict(out, sample=step["sample"], rectified_xstart=rectified, rectified_eps=step["eps"])
+
+    def ddim_reverse_sample(self, model, x, t, clip_denoised=True, denoised_fn=None,
+                            model_kwargs=None):
+        """Deterministic DDIM inversion x_t -> x_{t+1} (eta = 0) using abar_next."""
+        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+        eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
+        alpha_bar_next = extract_into_tensor(self.alphas_cumprod_next, t, x.shape)
+        sample = out["pred_xstart"] * torch.sqrt(alpha_bar_next) + torch.sqrt(1 - alpha_bar_next) * eps
+        return dict(out, sample=sample)
+
+    def sample_step(self, model, x, t, rectify_fn=None, noise=None, generator=None,
+                    denoised_fn=None, model_kwargs=None):
+        """One step of the configured sampler (ddim with self.eta, or ddpm) with self.clip_denoised."""
+        if self.sampler == "ddim":
+            return self.ddim_sample(model, x, t, self.clip_denoised, denoised_fn, rectify_fn,
+                                    self.eta, noise, generator, model_kwargs)
+        return self.p_sample(model, x, t, self.clip_denoised, denoised_fn, rectify_fn, noise,
+                             generator, model_kwargs)
+
+    # ----------------------------------------------------------------- full loops
+    def sample_loop_progressive(self, step_fn, shape, noise=None, generator=None, step_noise=None,
+                                callback=None, progress=False, device=None):
+        """Yield each step's dict while running x_T -> x_0 with `step_fn(x, t, noise, generator)`.
+
+        x_T is `noise` or a normal draw (from `generator` if given). Per-step noise: entry k of
+        `step_noise` (a sequence, or a callable k -> tensor) at loop iteration k, i.e. index
+        i = K-1-k; otherwise `generator` / the global RNG. The yielded dict adds i, k, t_orig
+        and x (the step's input x_t); `callback` receives the same dict.
+        """
+        if noise is not None:
+            x = noise.to(device) if device is not None else noise
+        else:
+            x = torch.randn(*shape, generator=generator,
+                            device=generator.device if generator is not None else device)
+            if device is not None:
+                x = x.to(device)
+        indices = list(range(self.num_timesteps))[::-1]
+        if progress:
+            from tqdm.auto import tqdm
+            indices = tqdm(indices)
+        with torch.no_grad():
+            for k, i in enumerate(indices):
+                t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+                nz = None
+                if step_noise is not None:
+                    nz = step_noise(k) if callable(step_noise) else step_noise[k]
+                out = step_fn(x, t, nz, None if nz is not None else generator)
+                out.update(i=i, k=k, t_orig=int(self.timestep_map[i]), x=x)
+                if callback is not None:
+                    callback(out)
+                yield out
+                x = out["sample"]
+
+    def _run_loop(self, step_fn, shape, **loop_kwargs):
+        final = None
+        for out in self.sample_loop_progressive(step_fn, shape, **loop_kwargs):
+            final = out["sample"]
+        return final
+
+    def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
+                      rectify_fn=None, model_kwargs=None, device=None, progress=False,
+                      generator=None, step_noise=None, callback=None):
+        """DDPM ancestral sampling from x_T to x_0; returns the final sample [shape]."""
+        def step_fn(x, t, nz, gen):
+            return self.p_sample(model, x, t, clip_denoised, denoised_fn, rectify_fn, nz, gen,
+                                 model_kwargs)
+        return self._run_loop(step_fn, shape, noise=noise, generator=generator,
+                              step_noise=step_noise, callback=callback, progress=progress,
+                              device=device)
+
+    def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, denoised_fn=None,
+                         rectify_fn=None, model_kwargs=None, device=None, progress=False, eta=0.0,
+                         generator=None, step_noise=None, callback=None):
+        """DDIM sampling from x_T to x_0; returns the final sample [shape]."""
+        def step_fn(x, t, nz, gen):
+            return self.ddim_sample(model, x, t, clip_denoised, denoised_fn, rectify_fn, eta, nz,
+                                    gen, model_kwargs)
+        return self._run_loop(step_fn, shape, noise=noise, generator=generator,
+                              step_noise=step_noise, callback=callback, progress=progress,
+                              device=device)
+
+    def sample_loop(self, model, shape, noise=None, rectify_fn=None, generator=None,
+                    step_noise=None, callback=None, progress=False, device=None,
+                    denoised_fn=None, model_kwargs=None):
+        """The configured sampler's full loop (see sample_step); returns the final sample."""
+        def step_fn(x, t, nz, gen):
+            return self.sample_step(model, x, t, rectify_fn, nz, gen, denoised_fn, model_kwargs)
+        return self._run_loop(step_fn, shape, noise=noise, generator=generator,
+                              step_noise=step_noise, callback=callback, progress=progress,
+                              device=device)

@@ -1,0 +1,183 @@
+"""sample.py as a user meets it: outputs, resume, colour, sizes, and every bad-input case.
+
+Most cases run the prior-free mode (a second per pair); the cases that need the sampler use the
+tiny UNet on 32-64 px images with a few steps.
+"""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sample
+from helpers import TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair, read_png, write_png
+
+TINY = ["--model_config", str(TINY_MODEL_CONFIG), f"model_path={TINY_WEIGHTS}", "prior=adm",
+        "timestep_respacing=3", "device=cpu"]
+
+
+def run_cli(tmp_path, *args, input_dir=None, save_dir=None):
+    return sample.main(["--input_dir", str(input_dir or tmp_path / "in"),
+                        "--save_dir", str(save_dir or tmp_path / "out"), "--quiet", *args])
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "in", {"p1": random_pair(1, 40, 50), "p2": random_pair(2, 40, 50)})
+
+
+def test_prior_free_run_writes_outputs_and_run_json(tmp_path, dataset, capsys):
+    assert run_cli(tmp_path, "prior=none") == 0
+    for stem in ("p1", "p2"):
+        out = read_png(tmp_path / "out" / "recon" / f"{stem}.png")
+        assert out.shape == (40, 50) and out.dtype == np.uint8
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["prior"]["prior"] == "none"
+    assert set(record["fused"]) == {"p1", "p2"} and record["failed"] == {}
+    assert record["configs"]["fusion"]["prior"] == "none" and record["seed"] == 3407
+    assert "prior-free" in capsys.readouterr().err.lower()
+
+
+def test_auto_prior_without_checkpoint_announces_prior_free(tmp_path, dataset, capsys):
+    assert run_cli(tmp_path, f"model_path={tmp_path / 'absent.pt'}") == 0
+    assert "PRIOR-FREE" in capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["prior"]["prior"] == "none"
+
+
+def test_adm_prior_without_checkpoint_is_one_line_error(tmp_path, dataset, capsys):
+    assert run_cli(tmp_path, "prior=adm", f"model_path={tmp_path / 'absent.pt'}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "absent.pt" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out" / "recon" / "p1.png").exists()
+
+
+def test_resume_skips_existing_outputs_unless_overwrite(tmp_path, dataset):
+    assert run_cli(tmp_path, "prior=none") == 0
+    marker = np.full((40, 50), 7, np.uint8)
+    write_png(tmp_path / "out" / "recon" / "p1.png", marker)
+    assert run_cli(tmp_path, "prior=none") == 0
+    assert np.array_equal(read_png(tmp_path / "out" / "recon" / "p1.png"), marker)
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["skipped"] == ["p1", "p2"]
+    assert sample.main(["--input_dir", str(tmp_path / "in"), "--save_dir", str(tmp_path / "out"),
+                        "--quiet", "--overwrite", "prior=none"]) == 0
+    assert not np.array_equal(read_png(tmp_path / "out" / "recon" / "p1.png"), marker)
+
+
+def test_tiny_model_pad_keeps_source_size_and_crop_follows_official_rule(tmp_path):
+    make_dataset(tmp_path / "in", {"odd": random_pair(3, 45, 70)})
+    assert run_cli(tmp_path, *TINY) == 0
+    assert read_png(tmp_path / "out" / "recon" / "odd.png").shape == (45, 70)
+    assert run_cli(tmp_path, *TINY, "size=crop", save_dir=tmp_path / "crop") == 0
+    assert read_png(tmp_path / "crop" / "recon" / "odd.png").shape == (32, 64)
+
+
+def test_colour_visible_source_gives_colour_output_with_fused_luma(tmp_path):
+    a, b = random_pair(4, 40, 48, colour_b=True)
+    make_dataset(tmp_path / "in", {"c": (a, b)})
+    assert run_cli(tmp_path, "prior=none") == 0
+    out = read_png(tmp_path / "out" / "recon" / "c.png")
+    assert out.shape == (40, 48, 3)
+    assert run_cli(tmp_path, "prior=none", "color=grey", save_dir=tmp_path / "grey") == 0
+    grey = read_png(tmp_path / "grey" / "recon" / "c.png")
+    assert grey.shape == (40, 48)
+    # The colour output's BT.601 luma is the grey fusion (up to rounding and gamut clipping).
+    luma = out.astype(float) @ np.array([0.299, 0.587, 0.114])
+    assert np.median(np.abs(luma - grey)) <= 1.0
+    # Its chroma is the visible source's.
+    def chroma(rgb):
+        rgb = rgb.astype(float)
+        return -0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]
+    assert np.corrcoef(chroma(out).ravel(), chroma(b).ravel())[0, 1] > 0.9
+
+
+def test_record_writes_every_step_and_a_gif(tmp_path):
+    make_dataset(tmp_path / "in", {"r": random_pair(5, 32, 32)})
+    assert run_cli(tmp_path, *TINY, "record=true") == 0
+    frames = sorted((tmp_path / "out" / "progress" / "r").glob("x_*.png"))
+    assert [f.name for f in frames] == ["x_0000.png", "x_0001.png", "x_0002.png"]
+    with Image.open(tmp_path / "out" / "progress" / "r.gif") as gif:
+        assert gif.n_frames == 3
+
+
+def test_bad_pairs_are_reported_and_others_still_fused(tmp_path, capsys):
+    root = make_dataset(tmp_path / "in", {"good": random_pair(6, 40, 40)})
+    a, _ = random_pair(7, 40, 40)
+    write_png(root / "ir" / "lonely.png", a)                           # missing partner
+    write_png(root / "ir" / "sizes.png", a)                            # different sizes
+    write_png(root / "vi" / "sizes.png", random_pair(8, 41, 40)[0])
+    (root / "ir" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")  # corrupt
+    (root / "vi" / "broken.png").write_bytes(b"garbage")
+    write_png(root / "ir" / "small.png", a[:20, :20])                  # below 32 px
+    write_png(root / "vi" / "small.png", a[:20, :20])
+    (root / "ir" / "notes.txt").write_text("ignored")                  # non-image file
+    assert run_cli(tmp_path, "prior=none") == 1
+    err = capsys.readouterr().err
+    assert "lonely.png: no partner image" in err
+    assert "different sizes" in err and "sizes.png" in err
+    assert "broken.png: cannot read image" in err
+    assert "smaller than 32 px" in err
+    assert "notes" not in err and "Traceback" not in err
+    assert (tmp_path / "out" / "recon" / "good.png").exists()
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert set(record["failed"]) == {"lonely", "sizes", "broken", "small"}
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA", "P", "CMYK", "LA"])
+def test_unusual_image_modes_are_converted(tmp_path, mode):
+    rng = np.random.default_rng(9)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65535, (40, 40), dtype=np.uint16))
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).convert(mode)
+    (tmp_path / "in" / "ir").mkdir(parents=True)
+    (tmp_path / "in" / "vi").mkdir(parents=True)
+    image.save(tmp_path / "in" / "ir" / "m.png" if mode != "CMYK" else tmp_path / "in" / "ir" / "m.tif")
+    write_png(tmp_path / "in" / "vi" / "m.png", rng.integers(0, 256, (40, 40), dtype=np.uint8))
+    assert run_cli(tmp_path, "prior=none") == 0
+    assert read_png(tmp_path / "out" / "recon" / "m.png").shape[:2] == (40, 40)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["no_such_key=1"], "unknown key 'no_such_key'"),
+    (["timestep_respacing=ddim1"], "timestep_respacing"),
+    (["timestep_respacing=2000"], "timestep_respacing"),
+    (["variant=magic"], "variant"),
+    (["batch_size=0"], "batch_size"),
+])
+def test_config_errors_are_one_line(tmp_path, dataset, capsys, args, needle):
+    assert run_cli(tmp_path, "prior=none", *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_unknown_key_in_config_file(tmp_path, dataset, capsys):
+    bad = tmp_path / "fusion.yaml"
+    bad.write_text("variant: official\ncolour: auto\n")
+    assert run_cli(tmp_path, "--fusion_config", str(bad)) == 2
+    assert "unknown key 'colour'" in capsys.readouterr().err
+
+
+def test_missing_or_empty_folder(tmp_path, capsys):
+    assert run_cli(tmp_path, "prior=none", input_dir=tmp_path / "nowhere") == 2
+    assert "input folder not found" in capsys.readouterr().err
+    (tmp_path / "empty" / "ir").mkdir(parents=True)
+    (tmp_path / "empty" / "vi").mkdir(parents=True)
+    assert run_cli(tmp_path, "prior=none", input_dir=tmp_path / "empty") == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_output_folder_problems(tmp_path, dataset, capsys):
+    assert run_cli(tmp_path, "prior=none", save_dir=tmp_path / "in" / "ir") == 2
+    assert "is the input folder" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run_cli(tmp_path, "prior=none", save_dir=blocker) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_medical_modalities_by_config(tmp_path):
+    make_dataset(tmp_path / "in", {"s": random_pair(10, 36, 36)}, mods=("ct", "mri"))
+    assert run_cli(tmp_path, "prior=none", "modalities=[ct, mri]") == 0
+    assert (tmp_path / "out" / "recon" / "s.png").exists()
