@@ -23,7 +23,8 @@ def parse_args(argv):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override any config key, e.g. timestep_respacing=25 seed=0")
-    return parser.parse_args(argv)
+    # Intermixed: overrides may stand before, between or after the flags.
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv=None):

@@ -63,15 +63,24 @@ def _size_note(path, size):
     return note
 
 
+def _download_command(path, force=False):
+    """The download command that writes to path (the default path needs no --output)."""
+    command = DOWNLOAD_COMMAND
+    if str(path) != DEFAULT_CHECKPOINT_PATH:
+        command += f" --output {path}"
+    if force:
+        command += " --force"  # the downloader keeps an existing file unless told otherwise
+    return f"`{command}`"
+
+
 def missing_file_message(path):
     """The one-line message for a checkpoint that is not on disk: where, how to get it, how to skip it."""
     where = Path(path)
     resolved = where.resolve()
     shown = str(where) if str(where) == str(resolved) else f"{where} (resolved: {resolved})"
-    output = "" if str(where) == DEFAULT_CHECKPOINT_PATH else f" --output {where}"
     return (
         f"checkpoint not found: {shown}; download it (about 2.2 GB) from {CHECKPOINT_URL} "
-        f"with `{DOWNLOAD_COMMAND}{output}`, or run with prior=none for the prior-free "
+        f"with {_download_command(where)}, or run with prior=none for the prior-free "
         f"Bayesian fusion (no diffusion prior)"
     )
 
@@ -80,26 +89,27 @@ def _describe_load_failure(path, size, exc):
     """Turn whatever torch.load raised into one line that says what is probably wrong."""
     with open(path, "rb") as f:
         head = f.read(64)
-    is_zip = head.startswith(b"PK\x03\x04")
     text = str(exc)
     where = f"checkpoint {path} ({_size_note(path, size)})"
-    if head.startswith(b"version https://git-lfs"):
-        return f"{where} is a Git LFS pointer, not the weights; download the real file with `{DOWNLOAD_COMMAND}`"
-    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
-        return f"{where} is an HTML/XML page (an error page saved as the file?), not a checkpoint; re-download it with `{DOWNLOAD_COMMAND}`"
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if is_zip and match:
-        # A complete zip whose pickle names a non-tensor global: a foreign (possibly hostile) file.
-        return (f"{where} contains Python objects other than tensors ({match.group(1)}), refused by "
-                f"weights_only loading; it is not a plain state_dict")
-    if is_zip and zipfile.is_zipfile(path):
-        return f"{where} could not be read ({type(exc).__name__}: {_one_line(text)}); re-download it"
-    if is_zip:
-        return f"{where} is truncated or corrupt (incomplete zip archive); re-download it with `{DOWNLOAD_COMMAND}`"
+    again = f"re-download it with {_download_command(path, force=True)}"
     if size == 0:
-        return f"{where} is empty; re-download it with `{DOWNLOAD_COMMAND}`"
-    return (f"{where} is not a PyTorch checkpoint or is corrupt ({type(exc).__name__}: "
-            f"{_one_line(text, 120)}); re-download it with `{DOWNLOAD_COMMAND}`")
+        return f"{where} is empty; {again}"
+    if head.startswith(b"version https://git-lfs"):
+        return f"{where} is a Git LFS pointer, not the weights; {again}"
+    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
+        return f"{where} is an HTML/XML page (an error page saved as the file?), not a checkpoint; {again}"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+        match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if match:
+            # A complete archive whose pickle names a non-tensor global: foreign, possibly hostile.
+            return (f"{where} contains Python objects other than tensors ({match.group(1)}), refused by "
+                    f"weights_only loading; it is not a plain state_dict")
+        if not zipfile.is_zipfile(path):
+            return f"{where} is truncated or corrupt (incomplete zip archive); {again}"
+        return f"{where} could not be read ({type(exc).__name__}: {_one_line(text)}); {again}"
+    if head.startswith(b"\x80"):  # a pickle stream: torch's legacy (pre-1.6) format
+        return f"{where} could not be read as a legacy-format checkpoint ({type(exc).__name__}: {_one_line(text)}); {again}"
+    return f"{where} is not a PyTorch checkpoint (neither a zip archive nor a pickle); {again}"
 
 
 def load_state_dict_file(path):

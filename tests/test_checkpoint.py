@@ -117,6 +117,26 @@ def test_truncated_file(tmp_path):
     assert str(path) in text and "truncated" in text and "re-download" in text
     assert f"{len(data) // 2:,} bytes" in text
     assert f"expected {ckpt.EXPECTED_SIZE_BYTES:,} bytes" in text  # the official name gets the expected size
+    assert "--force" in text  # the downloader would otherwise keep the broken file
+
+
+def test_truncated_legacy_format_file(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save(seeded_net(0).state_dict(), path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict_file(path)
+    assert_one_line(info.value)
+    assert "legacy-format" in str(info.value) and str(path) in str(info.value)
+
+
+def test_legacy_format_file_loads(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save(seeded_net(0).state_dict(), path, _use_new_zipfile_serialization=False)
+    target = seeded_net(1)
+    load_checkpoint(target, path)
+    assert torch.equal(target.head.weight, seeded_net(0).head.weight)
 
 
 def test_empty_file(tmp_path):
@@ -128,8 +148,8 @@ def test_empty_file(tmp_path):
 
 def test_garbage_bytes(tmp_path):
     path = tmp_path / "garbage.pt"
-    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
-                                   dtype=torch.uint8).numpy().tobytes())
+    path.write_bytes(b"\x13" + bytes(torch.randint(0, 256, (4095,), generator=torch.Generator().manual_seed(0),
+                                                    dtype=torch.uint8).tolist()))
     with pytest.raises(CheckpointError) as info:
         load_state_dict_file(path)
     assert_one_line(info.value)
