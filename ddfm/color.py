@@ -121,24 +121,34 @@ def ycbcr_bt601_to_rgb(ycc):
 #     f, aux = luma_in(x0);  ...EM on f -> F...;  x0_rect = luma_out(x0, aux, F)
 
 
+# The studio Y row sums to 219 and the chroma rows to 0, so the inverse matrix's first column is
+# (1, 1, 1)/219: replacing Y/255 by F and inverting only shifts R, G, B by 255 (F - Y/255)/219.
+# The loop therefore needs just the Y row going in and that shift coming out, never the full
+# 3x3 round trip (which the official code does on the CPU in float64 at every step).
+STUDIO_Y_GAIN = 255.0 / 219.0
+
+
 def official_luma_in(x0):
     """Official loop step 3: f~ = studio-swing Y/255 of the clamped x0 (ddfm_official.md §3).
 
-    x0: (N, 3, H, W) in [-1, 1]. Returns (f_tilde (N, 1, H, W) in [(16-219)/255, 235/255] for clamped
-    x0, ycc (N, 3, H, W) = Y/255, Cb/255, Cr/255 kept for the write-back).
+    x0: (N, 3, H, W) in [-1, 1]. Returns (f_tilde, f_tilde): f_tilde (N, 1, H, W) =
+    (16 + 65.481 R + 128.553 G + 24.966 B)/255, in [(16-219)/255, 235/255] for clamped x0; the
+    second copy is what ``official_luma_out`` needs. Equals channel 0 of ``rgb_to_ycbcr_studio``.
     """
-    ycc = rgb_to_ycbcr_studio(x0)
-    return ycc[:, 0:1], ycc
+    wr, wg, wb = YCBCR_FROM_RGB[0].tolist()
+    y = wr * x0[:, 0:1] + wg * x0[:, 1:2] + wb * x0[:, 2:3]
+    f_tilde = (y + 16.0) / 255
+    return f_tilde, f_tilde
 
 
-def official_luma_out(x0, ycc, F):
+def official_luma_out(x0, f_tilde, F):
     """Official loop step 5: replace Y/255 by F, keep the network's Cb/Cr, invert; no re-clamp.
 
-    x0: unused (kept for a common signature); ycc: (N, 3, H, W) from ``official_luma_in``;
-    F: (N, 1, H, W) EM output. Returns the rectified x0' (N, 3, H, W), whose luma is (255 F - 16)/219.
+    x0: (N, 3, H, W) clamped estimate; f_tilde: (N, 1, H, W) from ``official_luma_in``; F: (N, 1, H, W)
+    EM output. Returns x0 + 255 (F - f~)/219 on every channel: the same as the full studio inverse
+    with Y replaced (to float32 rounding), whose luma is (255 F - 16)/219.
     """
-    del x0
-    return ycbcr_studio_to_rgb(torch.cat([F, ycc[:, 1:3]], dim=1))
+    return x0 + (F - f_tilde) * STUDIO_Y_GAIN
 
 
 def paper_luma_in(x0):

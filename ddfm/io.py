@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
+
+from ddfm import color
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm")
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+LUMA_WEIGHTS = np.array(color.LUMA_WEIGHTS, dtype=np.float32)
 
 
 class FusionInputError(ValueError):
@@ -174,12 +177,10 @@ def progress_to_uint8(luma):
 
 def recombine_chroma(grey_u8, rgb):
     """Put fused luma under the full-range BT.601 chroma of a colour source -> uint8 RGB."""
-    rgb = np.asarray(rgb, dtype=np.float64)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    y = grey_u8.astype(np.float64)
-    cb = -0.168736 * r - 0.331264 * g + 0.5 * b
-    cr = 0.5 * r - 0.418688 * g - 0.081312 * b
-    out = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+    source = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float64) / 255.0).permute(2, 0, 1)[None]
+    ycc = color.rgb_to_ycbcr_bt601(source)
+    ycc[:, 0] = torch.from_numpy(grey_u8.astype(np.float64) / 255.0)
+    out = color.ycbcr_bt601_to_rgb(ycc)[0].permute(1, 2, 0).numpy() * 255.0
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 

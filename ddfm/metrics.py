@@ -165,11 +165,10 @@ def _filter_valid(stack, g):
     # Circular convolution of a length-L signal reproduces linear convolution on the valid part
     # whenever L >= H, so no padding is needed beyond a fast FFT length.
     lh, lw = _fft.next_fast_len(h, real=True), _fft.next_fast_len(w, real=True)
-    kernel = np.zeros((lh, lw))
-    kernel[:n, :n] = np.outer(g, g)
-    spec = _fft.rfft2(stack, s=(lh, lw), workers=-1) * _fft.rfft2(kernel, workers=-1)
-    full = _fft.irfft2(spec, s=(lh, lw), workers=-1)
-    return full[..., n - 1:h, n - 1:w]
+    spectrum = _fft.rfft2(stack, s=(lh, lw))
+    # The window's spectrum is the outer product of its 1-D factors' spectra.
+    spectrum *= _fft.fft(g, lh)[:, None] * _fft.rfft(g, lw)[None, :]
+    return _fft.irfft2(spectrum, s=(lh, lw))[..., n - 1:h, n - 1:w]
 
 
 def _blur_decimate(stack, g):
@@ -180,29 +179,52 @@ def _blur_decimate(stack, g):
     """
     n = g.size
     h, w = stack.shape[-2:]
-    rows = np.arange(0, h - n + 1, 2).size
-    cols = np.arange(0, w - n + 1, 2).size
+    rows = (h - n) // 2 + 1
+    cols = (w - n) // 2 + 1
     tmp = sum(g[k] * stack[..., :, k:k + 2 * cols - 1:2] for k in range(n))
     return sum(g[k] * tmp[..., k:k + 2 * rows - 1:2, :] for k in range(n))
 
 
-def _vif_scale_terms(mu_r, e_rr, e_rf, mu_f, var_f):
-    """(num_s, den_s) of one scale of VIFp for one reference, with the reference's fix-ups.
+def _vif_scale_terms(images, g):
+    """(num_s, den_s) per source (arrays of 2) of one VIFp scale; images = stack [A, B, F].
 
     The fix-ups (a)-(d) of the reference leave the gain g = 0 wherever the reference is flat
     (var_r < 1e-10), the distorted image is flat (var_f < 1e-10) or the covariance is negative;
     those pixels add log(1 + 0) = 0 to num, whatever their residual variance, and flat-reference
     pixels add 0 to den. Natural logs are used: the base cancels in num / den.
     """
-    var_r = np.maximum(e_rr - mu_r * mu_r, 0.0)
-    cov = e_rf - mu_r * mu_f
-    flat_r = var_r < _VIF_EPS
-    g = cov / (var_r + _VIF_EPS)
-    g[flat_r | (var_f < _VIF_EPS) | (g < 0)] = 0.0
-    sv = np.maximum(var_f - g * cov, _VIF_EPS)
-    num = np.sum(np.log1p(g * g * var_r / (sv + _VIF_NOISE)))
-    var_r[flat_r] = 0.0
-    den = np.sum(np.log1p(var_r / _VIF_NOISE))
+    h, w = images.shape[1:]
+    src, f = images[:2], images[2]
+    products = np.empty((8, h, w))
+    products[0:2] = src
+    np.multiply(src, src, out=products[2:4])
+    np.multiply(src, f, out=products[4:6])
+    products[6] = f
+    np.multiply(f, f, out=products[7])
+    m = _filter_valid(products, g)
+    mu_r, e_rr, e_rf, mu_f, e_ff = m[0:2], m[2:4], m[4:6], m[6], m[7]
+
+    var_f = np.maximum(e_ff - mu_f * mu_f, 0.0)
+    var_r = mu_r * mu_r
+    np.subtract(e_rr, var_r, out=var_r)
+    np.maximum(var_r, 0.0, out=var_r)
+    var_r *= var_r >= _VIF_EPS  # fix-up (a): a flat reference has no variance
+    cov = mu_r * mu_f
+    np.subtract(e_rf, cov, out=cov)
+    gain = var_r + _VIF_EPS
+    np.divide(cov, gain, out=gain)
+    np.maximum(gain, 0.0, out=gain)  # fix-up (c)
+    gain *= var_f >= _VIF_EPS  # fix-up (b); where (a) applies, var_r = 0 zeroes the term anyway
+    sv = gain * cov
+    np.subtract(var_f, sv, out=sv)
+    np.maximum(sv, _VIF_EPS, out=sv)  # fix-up (d)
+    sv += _VIF_NOISE
+    t = gain * gain
+    t *= var_r
+    t /= sv
+    num = np.log1p(t, out=t).sum(axis=(1, 2))
+    var_r /= _VIF_NOISE
+    den = np.log1p(var_r, out=var_r).sum(axis=(1, 2))
     return num, den
 
 
@@ -218,13 +240,9 @@ def vif(a, b, fused):
         if scale > 1:
             # Blur with the current scale's window ('valid'), then keep every second row/column.
             images = _blur_decimate(images, g)
-        a, b, f = images
-        m = _filter_valid(np.stack([f, f * f, a, a * a, a * f, b, b * b, b * f]), g)
-        var_f = np.maximum(m[1] - m[0] * m[0], 0.0)
-        for k, (mu_r, e_rr, e_rf) in enumerate((m[2:5], m[5:8])):
-            terms = _vif_scale_terms(mu_r, e_rr, e_rf, m[0], var_f)
-            num[k] += terms[0]
-            den[k] += terms[1]
+        terms = _vif_scale_terms(images, g)
+        num += terms[0]
+        den += terms[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratios = num / den
     ratios = np.where(np.isnan(ratios), 1.0, ratios)  # the reference maps a NaN VIFp to 1
@@ -245,26 +263,39 @@ def _sobel(img, zero_pad):
 
 
 def _strength_angle(img, zero_pad):
+    """Sobel strength sqrt(gx^2 + gy^2) and orientation arctan(gy / gx) (pi/2 where gx == 0)."""
     gx, gy = _sobel(img, zero_pad)
-    strength = np.sqrt(gx * gx + gy * gy)
-    zero = gx == 0
+    strength = gx * gx
+    strength += gy * gy
+    np.sqrt(strength, out=strength)
     with np.errstate(invalid="ignore", divide="ignore"):
-        angle = np.where(zero, np.pi / 2, np.arctan(gy / np.where(zero, 1.0, gx)))
-    return strength, angle
+        angle = np.arctan(gy / gx)  # +-inf or nan where gx == 0, replaced next
+    return strength, np.where(gx == 0, np.pi / 2, angle)
 
 
-def _edge_preservation(gx_, ax_, gf, af, reference):
-    """Q_XF = Q_g * Q_alpha per pixel for one source against F."""
-    lo = np.minimum(gx_, gf)
-    hi = np.maximum(gx_, gf)
+def _edge_preservation(g_x, a_x, g_f, a_f, reference):
+    """Q_XF = Q_g * Q_alpha per pixel for one source X against F."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        rel = lo / np.where(hi > 0, hi, 1.0)
+        rel = np.minimum(g_x, g_f) / np.maximum(g_x, g_f)  # 0/0 only where gX == gF == 0
     # Reference quirk: where gX == gF the relative strength is gF itself, not 1.
-    rel = np.where(gx_ == gf, gf if reference else 1.0, rel)
-    agree = 1.0 - np.abs(ax_ - af) / (np.pi / 2)
-    q_g = _QG / (1.0 + np.exp(_KG * (rel - _SG)))
-    q_a = _QA / (1.0 + np.exp(_KA * (agree - _SA)))
-    return q_g * q_a
+    rel = np.where(g_x == g_f, g_f if reference else 1.0, rel)
+    # Q_g = Gamma_g / (1 + exp(kappa_g (G - sigma_g))), evaluated in place
+    rel -= _SG
+    rel *= _KG
+    np.exp(rel, out=rel)
+    rel += 1.0
+    q = np.divide(_QG, rel, out=rel)
+    # Q_alpha with A = 1 - |aX - aF| / (pi/2)
+    agree = np.subtract(a_x, a_f)
+    np.abs(agree, out=agree)
+    agree *= -2.0 / np.pi
+    agree += 1.0 - _SA
+    agree *= _KA
+    np.exp(agree, out=agree)
+    agree += 1.0
+    q /= agree
+    q *= _QA
+    return q
 
 
 def qabf(a, b, fused, protocol="reference"):
@@ -274,10 +305,13 @@ def qabf(a, b, fused, protocol="reference"):
     ga, aa = _strength_angle(np.asarray(a, dtype=np.float64), reference)
     gb, ab = _strength_angle(np.asarray(b, dtype=np.float64), reference)
     gf, af = _strength_angle(np.asarray(fused, dtype=np.float64), reference)
-    num = np.sum(_edge_preservation(ga, aa, gf, af, reference) * ga
-                 + _edge_preservation(gb, ab, gf, af, reference) * gb)
+    q_a = _edge_preservation(ga, aa, gf, af, reference)
+    q_b = _edge_preservation(gb, ab, gf, af, reference)
+    q_a *= ga
+    q_b *= gb
+    q_a += q_b
     with np.errstate(invalid="ignore", divide="ignore"):
-        return float(num / np.sum(ga + gb))
+        return float(np.sum(q_a) / np.sum(ga + gb))
 
 
 # ---------------------------------------------------------------- SSIM

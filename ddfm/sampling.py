@@ -72,9 +72,10 @@ def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.0
     if progress:
         from tqdm.auto import tqdm
         indices = tqdm(indices, desc="steps", leave=False)
+    unused = torch.zeros_like(x)  # DDIM with eta 0 multiplies its noise by zero
     for i in indices:
         t = torch.full((n,), i, dtype=torch.long, device=device)
-        noise = draw_noise(generators, (3, h, w), device) if draw else torch.zeros_like(x)
+        noise = draw_noise(generators, (3, h, w), device) if draw else unused
         out = diffusion.sample_step(model, x, t, rectify_fn=rectify, noise=noise)
         x = out["sample"]
         if callback is not None:

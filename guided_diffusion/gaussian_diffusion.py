@@ -186,15 +186,21 @@ class GaussianDiffusion:
         """The raw network output for x_t at process index t [N]."""
         return model(x, self.scale_timesteps(t), **(model_kwargs or {}))
 
-    def split_model_output(self, model_output, x, t, clip_denoised=True, denoised_fn=None):
+    def split_model_output(self, model_output, x, t, clip_denoised=True, denoised_fn=None,
+                           with_posterior=True):
         """Interpret a raw network output as p(x_{t-1} | x_t) (original p_mean_variance minus the call).
 
         Returns dict(model_output, eps, pred_xstart, mean, variance, log_variance); pred_xstart is
         after denoised_fn, dynamic thresholding (if configured) and the [-1, 1] clamp.
         `eps` is the noise estimate implied by the unprocessed prediction.
+        with_posterior=False skips mean and variance (None): DDIM never uses them, and at large
+        image sizes they cost as much as the rest of the step outside the network.
         """
         n, c = x.shape[:2]
-        if self.model_var_type in ("learned", "learned_range"):
+        if not with_posterior:
+            variance = log_variance = None
+            model_output_mean = model_output[:, :c] if model_output.shape[1] == 2 * c else model_output
+        elif self.model_var_type in ("learned", "learned_range"):
             assert model_output.shape[1] == 2 * c, "learned variance needs 2*C output channels"
             model_output_mean, model_var_values = torch.split(model_output, c, dim=1)
             if self.model_var_type == "learned":
@@ -240,7 +246,7 @@ class GaussianDiffusion:
                 eps = model_output_mean
                 raw_xstart = self.predict_xstart_from_eps(x, t, eps)
             pred_xstart = process_xstart(raw_xstart)
-            mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
+            mean = self.q_posterior_mean_variance(pred_xstart, x, t)[0] if with_posterior else None
         return dict(model_output=model_output, eps=eps, pred_xstart=pred_xstart, mean=mean,
                     variance=variance, log_variance=log_variance)
 
@@ -274,10 +280,11 @@ class GaussianDiffusion:
         sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
                  * torch.sqrt(1 - alpha_bar / alpha_bar_prev))
         sample = pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
-        if noise is not None:
+        if eta != 0.0:
+            if noise is None:
+                raise ValueError("ddim_step with eta != 0 needs noise")
             sample = sample + _nonzero_mask(t, x_t) * sigma * noise
-        elif eta != 0.0:
-            raise ValueError("ddim_step with eta != 0 needs noise")
+        # With eta == 0, sigma is exactly 0: adding 0 * noise would change nothing, so skip it.
         return dict(sample=sample, eps=eps)
 
     # ----------------------------------------------------------------- one sampling step
@@ -304,7 +311,9 @@ class GaussianDiffusion:
         Draws exactly one normal sample (after rectify_fn), even when eta == 0 or t == 0.
         Returns dict(sample, pred_xstart, rectified_xstart, rectified_eps, model_output, eps, ...).
         """
-        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+        model_output = self.run_model(model, x, t, model_kwargs)
+        out = self.split_model_output(model_output, x, t, clip_denoised, denoised_fn,
+                                      with_posterior=False)
         rectified = out["pred_xstart"] if rectify_fn is None else rectify_fn(out["pred_xstart"], t)
         noise = draw_noise(x, noise, generator)
         step = self.ddim_step(x, t, rectified, eta, noise)

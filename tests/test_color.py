@@ -63,9 +63,14 @@ def test_f_tilde_range_for_clamped_input_is_exact():
 
 def test_official_writeback_sets_luma_and_keeps_chroma():
     x0 = _rand((2, 3, 8, 9), -1, 1, seed=3)
-    f_tilde, ycc = official_luma_in(x0)
+    f_tilde, aux = official_luma_in(x0)
+    ycc = rgb_to_ycbcr_studio(x0)
+    assert (f_tilde - ycc[:, :1]).abs().max() < 1e-6
     F = _rand((2, 1, 8, 9), -0.9, 0.9, seed=4)
-    x0_rect = official_luma_out(x0, ycc, F)
+    x0_rect = official_luma_out(x0, aux, F)
+    # The shortcut equals the full studio inverse with Y replaced by F (the official write-back).
+    full = ycbcr_studio_to_rgb(torch.cat([F, ycc[:, 1:]], dim=1))
+    assert (x0_rect - full).abs().max() < 1e-5
     assert x0_rect.shape == x0.shape and x0_rect.dtype == torch.float32
     # Luma of the result is (255 F - 16)/219; every channel moved by the same amount; chroma kept.
     assert (rgb_to_luma(x0_rect) - (255 * F - 16) / 219).abs().max() < 1e-6
@@ -73,8 +78,8 @@ def test_official_writeback_sets_luma_and_keeps_chroma():
     assert (shift - shift[:, :1]).abs().max() < 1e-5
     assert (rgb_to_ycbcr_studio(x0_rect)[:, 1:] - ycc[:, 1:]).abs().max() < 1e-6
     # Writing back the unchanged luma is the identity; no clamping (values may leave [-1, 1]).
-    assert (official_luma_out(x0, ycc, f_tilde) - x0).abs().max() < 2e-6
-    assert official_luma_out(x0, ycc, torch.full_like(F, 1.0)).max() > 1.0
+    assert (official_luma_out(x0, aux, f_tilde) - x0).abs().max() < 2e-6
+    assert official_luma_out(x0, aux, torch.full_like(F, 1.0)).max() > 1.0
 
 
 def test_paper_luma_pair_shifts_channels_equally():
