@@ -49,7 +49,8 @@ def main(argv=None):
                      progress=not args.quiet)
         if config.fusion["evaluate"] and record["fused"]:
             from ddfm.run import evaluate_run
-            print(evaluate_run(config, args.save_dir))
+            method = "DDFM" if record["prior"]["prior"] == "adm" else "prior-free"
+            print(evaluate_run(config, args.save_dir, method=method, log=log))
     except USER_ERRORS as err:
         log(f"error: {one_line(err)}")
         return 2

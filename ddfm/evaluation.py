@@ -15,6 +15,8 @@ import math
 import warnings
 from pathlib import Path
 
+from scipy import fft
+
 from ddfm.metrics import METRICS, PROTOCOLS, compute_metrics
 from ddfm.metrics_io import IMAGE_EXTENSIONS, read_luma
 
@@ -89,10 +91,13 @@ def _mean(rows, names):
 def evaluate_folders(a_dir, b_dir, fused_dirs, protocol="reference", metrics=None, warn=None):
     """Score each fused folder against the (a, b) source folders -> result dict (see module doc).
 
-    ``fused_dirs`` is {method name: folder}; ``metrics`` a subset of METRICS (default all);
-    ``warn`` receives one-line warnings (default: ``warnings.warn``).
+    ``fused_dirs`` is {method name: folder} (a single folder is named after itself); ``metrics``
+    a subset of METRICS (default all); ``warn`` receives one-line warnings (default:
+    ``warnings.warn``). Raises EvaluationError with a one-line message on bad input.
     """
     warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
+    if isinstance(fused_dirs, (str, Path)):
+        fused_dirs = {Path(fused_dirs).name: fused_dirs}
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
     names = list(METRICS if metrics is None else metrics)
@@ -118,15 +123,20 @@ def evaluate_folders(a_dir, b_dir, fused_dirs, protocol="reference", metrics=Non
 
     per_image = {method: {} for method in fused_dirs}
     cropped = {method: [] for method in fused_dirs}
-    for stem, (a_path, b_path) in sources.items():
-        a, b = _read(a_path), _read(b_path)  # read once, shared by every method
-        for method, files in fused_files.items():
-            fused = _read(files[stem])
-            fitted = _fit_sources(stem, a, b, fused)
-            if fitted is not None:
-                cropped[method].append(f"{stem} {_shape(a)}->{_shape(fused)}")
-            sa, sb = fitted or (a, b)
-            per_image[method][stem] = compute_metrics(sa, sb, fused, protocol=protocol, metrics=names)
+    with fft.set_workers(-1):  # the FFT filtering in VIF/SSIM may use every core
+        for stem, (a_path, b_path) in sources.items():
+            a, b = _read(a_path), _read(b_path)  # read once, shared by every method
+            for method, files in fused_files.items():
+                fused = _read(files[stem])
+                fitted = _fit_sources(stem, a, b, fused)
+                if fitted is not None:
+                    cropped[method].append(f"{stem} {_shape(a)}->{_shape(fused)}")
+                sa, sb = fitted or (a, b)
+                try:
+                    per_image[method][stem] = compute_metrics(sa, sb, fused, protocol=protocol,
+                                                              metrics=names)
+                except ValueError as exc:  # e.g. an image too small for VIF's 4 scales
+                    raise EvaluationError(f"pair '{stem}' (method '{method}'): {exc}") from None
 
     for method, crops in cropped.items():
         if crops:

@@ -4,7 +4,8 @@ Inputs are float arrays of whole grey levels in [0, 255], all of one shape HxW: 
 the two sources (any modalities; IVF: a = infrared, b = visible; MIF: a = CT/PET/SPECT, b = MRI) and
 ``fused`` the fused image. Read files with ``read_luma`` to get the reference's inputs. EN and MI
 count grey levels, so they round their input to whole levels first. Every metric that involves the
-sources is symmetric in ``a`` and ``b``. Definitions: shared/reference/fusion_metrics.md.
+sources is symmetric in ``a`` and ``b``. VIF needs at least 41x41 pixels (4 scales).
+Definitions: shared/reference/fusion_metrics.md.
 
 Protocol ``reference`` (the default) reproduces the field's de-facto evaluator (CDDFuse's
 ``utils/Evaluator.py``, scikit-image 0.19), quirks included:
@@ -346,16 +347,14 @@ def _ssim_corrected(f, sources):
     """Sum of Wang et al. SSIM(F, X): 11x11 Gaussian (sigma 1.5), L = 255, float64, valid region."""
     c1 = (0.01 * 255.0) ** 2
     c2 = (0.03 * 255.0) ** 2
-
-    def gauss(x):
-        # truncate 5/1.5 gives radius 5, an 11x11 window; the 5-pixel border is cropped.
-        return ndimage.gaussian_filter(x, sigma=1.5, truncate=5.0 / 1.5)[5:-5, 5:-5]
-
-    uf, uff = gauss(f), gauss(f * f)
-    vf = uff - uf * uf
+    t = np.arange(11) - 5.0
+    g = np.exp(-(t * t) / (2 * 1.5**2))
+    a, b = sources
+    # All local moments in one batched 'valid' filtering (the 5-pixel border has no full window).
+    m = _filter_valid(np.stack([f, f * f, a, a * a, a * f, b, b * b, b * f]), g / g.sum())
+    uf, vf = m[0], m[1] - m[0] * m[0]
     total = 0.0
-    for x in sources:
-        ux, uxx, ufx = gauss(x), gauss(x * x), gauss(f * x)
+    for ux, uxx, ufx in (m[2:5], m[5:8]):
         vx = uxx - ux * ux
         vfx = ufx - uf * ux
         num = (2 * uf * ux + c1) * (2 * vfx + c2)

@@ -147,3 +147,19 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
               "command": sys.argv, "fused": timings, "skipped": skipped, "failed": failures}
     distributed.write_run_record(save_dir, record, rank, world)
     return record
+
+
+def evaluate_run(config, save_dir, method="DDFM", log=print):
+    """The metrics table of a finished run (reference protocol); also saved as metrics.json."""
+    from ddfm.evaluation import EvaluationError, evaluate_folders, format_table, write_json
+
+    root = Path(config.fusion["input_dir"])
+    first, second = config.fusion["modalities"]
+    try:
+        result = evaluate_folders(root / first, root / second, {method: Path(save_dir) / "recon"},
+                                  warn=lambda message: log(f"warning: {message}"))
+    except EvaluationError as err:
+        log(f"evaluation skipped: {err}")
+        return ""
+    write_json(result, Path(save_dir) / "metrics.json")
+    return format_table(result)

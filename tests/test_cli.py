@@ -181,3 +181,13 @@ def test_medical_modalities_by_config(tmp_path):
     make_dataset(tmp_path / "in", {"s": random_pair(10, 36, 36)}, mods=("ct", "mri"))
     assert run_cli(tmp_path, "prior=none", "modalities=[ct, mri]") == 0
     assert (tmp_path / "out" / "recon" / "s.png").exists()
+
+
+def test_evaluate_true_prints_the_metrics_table(tmp_path, capsys):
+    make_dataset(tmp_path / "in", {"e1": random_pair(11, 48, 48), "e2": random_pair(12, 48, 48)})
+    assert run_cli(tmp_path, "prior=none", "evaluate=true") == 0
+    out = capsys.readouterr().out
+    assert "protocol: reference" in out and "prior-free" in out and "Qabf" in out
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["protocol"] == "reference"
+    assert set(saved["methods"]["prior-free"]["per_image"]) == {"e1", "e2"}
