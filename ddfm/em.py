@@ -93,8 +93,12 @@ def _fft_solve(rhs, state):
     the numerator is one real FFT of rhs + K1^T F1 + K2^T F2: one rfft2/irfft2 pair instead of
     three complex forward FFTs and one inverse (equal to float32 rounding, ~1e-7).
     """
-    f1, f2 = state.F1, state.F2
-    spatial = rhs + (torch.roll(f1, 1, dims=-1) - f1) + (torch.roll(f2, 1, dims=-2) - f2)
+    spatial = rhs - state.F1 - state.F2
+    # + F[c-1] (circular) for both differences, written as slices: torch.roll would copy twice.
+    spatial[..., :, 1:] += state.F1[..., :, :-1]
+    spatial[..., :, :1] += state.F1[..., :, -1:]
+    spatial[..., 1:, :] += state.F2[..., :-1, :]
+    spatial[..., :1, :] += state.F2[..., -1:, :]
     return torch.fft.irfft2(torch.fft.rfft2(spatial) / state.denom, s=rhs.shape[-2:])
 
 

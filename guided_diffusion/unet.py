@@ -158,11 +158,14 @@ def qkv_attention(qkv, num_heads, legacy_order=True):
     if legacy_order:
         q, k, v = qkv.reshape(bs * num_heads, 3 * ch, length).split(ch, dim=1)
     else:
-        q, k, v = (part.reshape(bs * num_heads, ch, length) for part in qkv.chunk(3, dim=1))
-    # SDPA wants [batch, tokens, channels]; the original computes softmax in float32.
-    q, k, v = (part.transpose(1, 2).float() for part in (q, k, v))
+        q, k, v = qkv.chunk(3, dim=1)
+    # SDPA wants [batch, heads, tokens, channels]: with heads as their own axis and contiguous
+    # channels, the CPU and GPU kernels run flash-style in blocks (otherwise the CPU falls back to
+    # the explicit [T, T] matrix). Its softmax accumulates in float32 as the original's does.
+    q, k, v = (part.reshape(bs, num_heads, ch, length).transpose(-1, -2).contiguous()
+               for part in (q, k, v))
     a = F.scaled_dot_product_attention(q, k, v)
-    return a.transpose(1, 2).type(qkv.dtype).reshape(bs, -1, length)
+    return a.transpose(-1, -2).reshape(bs, -1, length).type(qkv.dtype)
 
 
 class AttentionBlock(nn.Module):

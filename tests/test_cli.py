@@ -191,3 +191,16 @@ def test_evaluate_true_prints_the_metrics_table(tmp_path, capsys):
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["protocol"] == "reference"
     assert set(saved["methods"]["prior-free"]["per_image"]) == {"e1", "e2"}
+
+
+def test_paper_variant_with_ddpm_sampler_is_seeded_and_differs_from_official(tmp_path):
+    make_dataset(tmp_path / "in", {"p": random_pair(13, 32, 64)})
+    paper = TINY + ["variant=paper", "sampler=ddpm"]
+    assert run_cli(tmp_path, *paper, "seed=1", save_dir=tmp_path / "a") == 0
+    assert run_cli(tmp_path, *paper, "seed=1", save_dir=tmp_path / "b") == 0
+    assert run_cli(tmp_path, *paper, "seed=2", save_dir=tmp_path / "c") == 0
+    assert run_cli(tmp_path, *TINY, save_dir=tmp_path / "o") == 0
+    a, b, c, o = (read_png(tmp_path / d / "recon" / "p.png") for d in "abco")
+    assert np.array_equal(a, b)            # same seed, same stochastic path
+    assert not np.array_equal(a, c)        # the DDPM posterior step draws noise
+    assert not np.array_equal(a, o)        # paper and official variants differ

@@ -116,8 +116,11 @@ def legacy_einsum_attention(qkv, num_heads):
 def test_sdpa_attention_equals_legacy_einsum(heads, ch, tokens):
     gen = torch.Generator().manual_seed(heads * 100 + ch)
     qkv = 3 * torch.randn(2, 3 * heads * ch, tokens, generator=gen)
+    # The blockwise (flash) softmax rescales partial sums, so it rounds differently from the dense
+    # softmax: ~1e-5 on these deliberately large logits (|q.k|/sqrt(ch) up to ~30), the golden's
+    # tolerance for whole-network outputs.
     torch.testing.assert_close(qkv_attention(qkv, heads, legacy_order=True),
-                               legacy_einsum_attention(qkv, heads), atol=2e-6, rtol=1e-5)
+                               legacy_einsum_attention(qkv, heads), atol=2e-5, rtol=1e-4)
 
 
 def test_new_attention_order_is_qkv_thirds_then_heads():
@@ -191,3 +194,15 @@ def test_class_cond_adds_label_embedding():
     with torch.device("meta"):
         model = create_model(**tiny_config(class_cond=True))
     assert tuple(model.label_emb.weight.shape) == (1000, 128)
+
+
+def test_attention_never_materialises_the_score_matrix():
+    """qkv_attention runs SDPA's blockwise (flash) kernel, not the [T, T] math fallback."""
+    from guided_diffusion.unet import qkv_attention
+
+    qkv = torch.randn(1, 3 * 2 * 16, 4096)
+    with torch.profiler.profile() as prof:
+        qkv_attention(qkv, num_heads=2, legacy_order=True)
+    names = {event.key for event in prof.key_averages()}
+    assert any("flash_attention" in name for name in names), sorted(names)
+    assert "aten::softmax" not in names and "aten::_softmax" not in names
