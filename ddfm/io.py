@@ -14,10 +14,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ddfm import color
+from ddfm.metrics_io import IMAGE_EXTENSIONS, luma_from_rgb8
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm")
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
-LUMA_WEIGHTS = np.array(color.LUMA_WEIGHTS, dtype=np.float32)
 
 
 class FusionInputError(ValueError):
@@ -107,7 +106,7 @@ def _source(path, data):
     if data.ndim == 2:
         return SourceImage(Path(path), data)
     # The official reader: BT.601 luma in float32 of the 8-bit RGB, rounded to whole grey levels.
-    luma = np.round(data.astype(np.float32) @ LUMA_WEIGHTS).astype(np.float64)
+    luma = luma_from_rgb8(data)
     grey = np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 1], data[..., 2])
     return SourceImage(Path(path), luma, None if grey else data)
 

@@ -3,14 +3,16 @@
 The reference evaluator (CDDFuse's ``utils/Evaluator.py``) reads every image, sources and fused
 results alike, as 8-bit 3-channel BGR (OpenCV's default colour mode), converts it to float32 grey
 with Y = 0.299 R + 0.587 G + 0.114 B, and rounds Y to whole numbers. ``read_luma`` reproduces that
-with Pillow so that the metrics receive exactly the integers the reference sees.
+with Pillow so that the metrics receive exactly the integers the reference sees. The official DDFM
+code reads its sources the same way, so ``ddfm.io`` uses ``luma_from_rgb8`` too.
 """
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Shared with ddfm.io: the same files count as images everywhere in the project.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm")
 
 # BT.601 luma weights as float32, the precision of the reference's colour conversion.
 _WB = np.float32(0.114)
@@ -36,7 +38,7 @@ def _to_rgb8(img):
 
 
 def luma_from_rgb8(rgb):
-    """Rounded BT.601 luma of an HxWx3 uint8 RGB array -> HxW float64 of whole numbers in [0, 255]."""
+    """Rounded BT.601 luma of an HxWx3 RGB array on [0, 255] -> HxW float64 of whole numbers."""
     rgb = np.asarray(rgb)
     if rgb.ndim == 2:
         return rgb.astype(np.float64)
