@@ -19,6 +19,7 @@ def parse_args(argv):
     parser.add_argument("--input_dir", help="folder holding the two modality folders")
     parser.add_argument("--record", action="store_true", default=None, help="write every step")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--gpu", type=int, help="the official flag: same as --device cuda:N")
     parser.add_argument("--overwrite", action="store_true", help="re-fuse pairs already in recon/")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -30,6 +31,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     overrides = list(args.overrides)
+    if args.gpu is not None and args.device is None:
+        args.device = f"cuda:{args.gpu}"
     for key in ("input_dir", "device", "record"):
         value = getattr(args, key)
         if value is not None:

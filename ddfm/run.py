@@ -120,6 +120,8 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
         log(f"{len(skipped)} pair(s) already fused in {recon}: skipped (use --overwrite to redo)")
 
     fuser, prior_info = build_fuser(config, log)
+    if fusion["record"] and fuser.prior_free:
+        log("record: the prior-free fusion has no sampling steps to record")
     timings = {}
     bar = None
     if progress:

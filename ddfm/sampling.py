@@ -58,8 +58,8 @@ def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.0
 
     a, b: (N,1,H,W) float32 sources in [-1,1], H and W divisible by 32 for the ADM UNet.
     The sampler (DDIM eta / DDPM) comes from `diffusion`; EM runs at every step, the last included.
-    callback(dict) receives i, t (original timestep), x (the new latent), pred_xstart, rectified,
-    em_F and em_state.
+    callback(dict) receives i, t (original timestep), x (the new latent), model_output, pred_xstart,
+    rectified, em_F and em_state.
     """
     n, _, h, w = a.shape
     device = a.device
@@ -81,5 +81,6 @@ def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.0
         if callback is not None:
             callback({"i": i, "t": int(diffusion.timestep_map[i]), "x": x,
                       "pred_xstart": out["pred_xstart"], "rectified": out["rectified_xstart"],
-                      "em_F": rectify.fused, "em_state": rectify.state})
+                      "model_output": out["model_output"], "em_F": rectify.fused,
+                      "em_state": rectify.state})
     return color.rgb_to_luma(x)

@@ -204,3 +204,21 @@ def test_paper_variant_with_ddpm_sampler_is_seeded_and_differs_from_official(tmp
     assert np.array_equal(a, b)            # same seed, same stochastic path
     assert not np.array_equal(a, c)        # the DDPM posterior step draws noise
     assert not np.array_equal(a, o)        # paper and official variants differ
+
+
+def test_python_api_gives_the_cli_pixels(tmp_path):
+    import ddfm
+
+    a, b = random_pair(14, 40, 52, colour_b=True)
+    make_dataset(tmp_path / "in", {"x": (a, b)})
+    assert run_cli(tmp_path, "prior=none") == 0
+    assert np.array_equal(ddfm.fuse(a, b, prior="none", log=lambda m: None),
+                          read_png(tmp_path / "out" / "recon" / "x.png"))
+    assert run_cli(tmp_path, *TINY, save_dir=tmp_path / "tiny") == 0
+    fuser = ddfm.load_fuser(model_config=TINY_MODEL_CONFIG, model_path=str(TINY_WEIGHTS), prior="adm",
+                            timestep_respacing=3, device="cpu", log=lambda m: None)
+    assert np.array_equal(fuser.fuse(a, b), read_png(tmp_path / "tiny" / "recon" / "x.png"))
+    # Tensors in CHW order work too.
+    import torch
+    chw = torch.from_numpy(b).permute(2, 0, 1)
+    assert np.array_equal(fuser.fuse(torch.from_numpy(a), chw), fuser.fuse(a, b))
