@@ -150,7 +150,8 @@ def validate_fusion(fusion):
 
 
 def validate_diffusion(diffusion):
-    """Check the seed and the respacing string early, so a bad value fails before any work."""
+    """Check the seed, the respacing string and the sampler keys early, before any work."""
+    import guided_diffusion
     from guided_diffusion.respace import space_timesteps
 
     seed = diffusion.get("seed", 0)
@@ -161,6 +162,10 @@ def validate_diffusion(diffusion):
     except (ValueError, TypeError) as err:
         raise ConfigError(f"diffusion config: timestep_respacing={diffusion.get('timestep_respacing')!r}"
                           f" is invalid ({err})") from None
+    try:  # the sampler is a few float64 tables: building it checks every other value too
+        guided_diffusion.create_sampler(**{k: v for k, v in diffusion.items() if k != "seed"})
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"diffusion config: {err}") from None
     return diffusion
 
 

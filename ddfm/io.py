@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ddfm import color
 from ddfm.metrics_io import IMAGE_EXTENSIONS, luma_from_rgb8
@@ -93,7 +93,7 @@ def read_image(path):
     path = Path(path)
     try:
         with Image.open(path) as image:
-            image.load()
+            image = ImageOps.exif_transpose(image)  # as OpenCV's imread (the official reader) does
             data = _decode_rgb(image)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ddfm import distributed, io
+from ddfm.config import ConfigError
 from ddfm.fusion import Fuser
 from ddfm.prior import build_diffusion, build_prior, resolve_device, resolve_prior
 
@@ -69,8 +70,11 @@ def build_fuser(config, log):
     seed = int(config.diffusion.get("seed", 3407))
     if kind == "none":
         return Fuser(fusion, seed=seed, device=device), {"prior": "none", "reason": reason}
-    model = build_prior(config.model, device, dtype=fusion["dtype"],
-                        channels_last=fusion["channels_last"], compile_model=fusion["compile"])
+    try:
+        model = build_prior(config.model, device, dtype=fusion["dtype"],
+                            channels_last=fusion["channels_last"], compile_model=fusion["compile"])
+    except (TypeError, ValueError) as err:  # flags the UNet cannot be built from
+        raise ConfigError(f"model config: {err}") from None
     diffusion = build_diffusion(config.diffusion)
     info = {"prior": "adm", "model_path": str(config.model.get("model_path")), "reason": reason,
             "device": str(device), "dtype": fusion["dtype"], "steps": int(diffusion.num_timesteps)}

@@ -222,3 +222,20 @@ def test_python_api_gives_the_cli_pixels(tmp_path):
     import torch
     chw = torch.from_numpy(b).permute(2, 0, 1)
     assert np.array_equal(fuser.fuse(torch.from_numpy(a), chw), fuser.fuse(a, b))
+
+
+def test_checkpoint_for_another_architecture_is_one_line_error(tmp_path, dataset, capsys):
+    """The full ADM config with the tiny weights: refused before anything is fused (and cheap,
+    since the layout is built on the meta device and never initialised)."""
+    assert run_cli(tmp_path, "prior=adm", f"model_path={TINY_WEIGHTS}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit" in err[0] and "missing from file" in err[0]
+    assert not (tmp_path / "out" / "recon" / "p1.png").exists()
+
+
+def test_corrupt_checkpoint_with_auto_prior_is_an_error_not_a_fallback(tmp_path, dataset, capsys):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(TINY_WEIGHTS.read_bytes()[:5000])
+    assert run_cli(tmp_path, "--model_config", str(TINY_MODEL_CONFIG), f"model_path={broken}") == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and "PRIOR-FREE" not in err
