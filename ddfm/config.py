@@ -182,5 +182,9 @@ def load_config(model_path, diffusion_path, fusion_path=None, overrides=()):
         fusion.update(given)
     config = apply_overrides(Config(model, diffusion, fusion), overrides)
     validate_fusion(config.fusion)
+    if config.fusion["variant"] == "paper":
+        # Algorithm 1 line 16 is the stochastic DDPM posterior step, whatever the YAML's sampler.
+        config.diffusion["sampler"] = "ddpm"
+        config.diffusion.pop("eta", None)
     validate_diffusion(config.diffusion)
     return config

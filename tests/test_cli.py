@@ -195,7 +195,7 @@ def test_evaluate_true_prints_the_metrics_table(tmp_path, capsys):
 
 def test_paper_variant_with_ddpm_sampler_is_seeded_and_differs_from_official(tmp_path):
     make_dataset(tmp_path / "in", {"p": random_pair(13, 32, 64)})
-    paper = TINY + ["variant=paper", "sampler=ddpm"]
+    paper = TINY + ["variant=paper"]  # implies the DDPM sampler
     assert run_cli(tmp_path, *paper, "seed=1", save_dir=tmp_path / "a") == 0
     assert run_cli(tmp_path, *paper, "seed=1", save_dir=tmp_path / "b") == 0
     assert run_cli(tmp_path, *paper, "seed=2", save_dir=tmp_path / "c") == 0
@@ -204,6 +204,8 @@ def test_paper_variant_with_ddpm_sampler_is_seeded_and_differs_from_official(tmp
     assert np.array_equal(a, b)            # same seed, same stochastic path
     assert not np.array_equal(a, c)        # the DDPM posterior step draws noise
     assert not np.array_equal(a, o)        # paper and official variants differ
+    record = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert record["configs"]["diffusion"]["sampler"] == "ddpm" and record["variant"] == "paper"
 
 
 def test_python_api_gives_the_cli_pixels(tmp_path):
