@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ddfm import io
-from ddfm.color import rgb_to_luma
+from ddfm.color import rgb_to_luma, to_signed
 from ddfm.bayesfusion import bayes_fuse, to_uint8 as bayes_to_uint8
 from ddfm.sampling import ddfm_sample
 
@@ -50,7 +50,7 @@ class Fuser:
     def _to_tensor(self, luma):
         """[0,255] luma -> (1,1,H,W) float32 on [-1,1] at the sampler's size."""
         luma = io.crop_top_left(luma) if self.fusion["size"] == "crop" else io.pad_reflect(luma)
-        x = torch.from_numpy((luma / 255.0).astype(np.float32)) * 2.0 - 1.0
+        x = to_signed(torch.from_numpy((luma / 255.0).astype(np.float32)))
         return x[None, None].to(self.device)
 
     def _out_hw(self, src):

@@ -162,7 +162,7 @@ def luma_to_uint8(luma, normalize):
         low, high = luma.min(), luma.max()
         scaled = (luma - low) / (high - low) * 255.0 if high > low else np.zeros_like(luma)
     else:
-        scaled = np.clip((luma + 1.0) * 127.5, 0.0, 255.0)
+        scaled = np.clip(color.to_unit(luma) * 255.0, 0.0, 255.0)
     return np.round(scaled.astype(np.float64)).astype(np.uint8)
 
 

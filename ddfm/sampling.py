@@ -17,7 +17,7 @@ def seeded_generators(seed, count):
     return [torch.Generator(device="cpu").manual_seed(int(seed)) for _ in range(count)]
 
 
-def draw_noise(generators, shape, device):
+def per_image_noise(generators, shape, device):
     """Standard normal noise (N, *shape): row k from generators[k]."""
     rows = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
     return torch.stack(rows).to(device)
@@ -65,7 +65,7 @@ def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.0
     device = a.device
     if generators is None:
         generators = seeded_generators(seed, n)
-    x = draw_noise(generators, (3, h, w), device) if x_T is None else x_T.to(device)
+    x = per_image_noise(generators, (3, h, w), device) if x_T is None else x_T.to(device)
     rectify = Rectifier(variant, a, b, lamb, rho)
     draw = needs_noise(diffusion)
     indices = list(range(diffusion.num_timesteps))[::-1]
@@ -75,7 +75,7 @@ def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.0
     unused = torch.zeros_like(x)  # DDIM with eta 0 multiplies its noise by zero
     for i in indices:
         t = torch.full((n,), i, dtype=torch.long, device=device)
-        noise = draw_noise(generators, (3, h, w), device) if draw else unused
+        noise = per_image_noise(generators, (3, h, w), device) if draw else unused
         out = diffusion.sample_step(model, x, t, rectify_fn=rectify, noise=noise)
         x = out["sample"]
         if callback is not None:

@@ -10,7 +10,7 @@ import yaml
 
 import guided_diffusion
 from ddfm import io
-from ddfm.sampling import ddfm_sample, draw_noise, seeded_generators
+from ddfm.sampling import ddfm_sample, per_image_noise, seeded_generators
 from helpers import TINY_MODEL_CONFIG, TINY_WEIGHTS, load_golden, read_png, write_png
 import sample
 
@@ -46,7 +46,7 @@ def test_inputs_match_official_reading(trace_run):
         ours = torch.from_numpy((trace[grey].numpy() / 255.0).astype(np.float32)) * 2 - 1
         assert torch.equal(ours[None, None], trace[key])
     h, w = trace["crop_hw"]
-    x_T = draw_noise(seeded_generators(trace["seed"], 1), (3, h, w), "cpu")
+    x_T = per_image_noise(seeded_generators(trace["seed"], 1), (3, h, w), "cpu")
     assert torch.equal(x_T, trace["x_T"])
 
 
