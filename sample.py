@@ -6,15 +6,17 @@
 """
 import argparse
 import sys
+from pathlib import Path
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
 DESCRIPTION = "Fuse paired images (infrared/visible, CT|PET|SPECT/MRI) with DDFM."
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=DESCRIPTION)
-    parser.add_argument("--model_config", default="configs/model_config_imagenet.yaml")
-    parser.add_argument("--diffusion_config", default="configs/diffusion_config.yaml")
-    parser.add_argument("--fusion_config", default="configs/fusion_config.yaml")
+    parser.add_argument("--model_config", default=str(CONFIGS / "model_config_imagenet.yaml"))
+    parser.add_argument("--diffusion_config", default=str(CONFIGS / "diffusion_config.yaml"))
+    parser.add_argument("--fusion_config", default=str(CONFIGS / "fusion_config.yaml"))
     parser.add_argument("--save_dir", default="./output")
     parser.add_argument("--input_dir", help="folder holding the two modality folders")
     parser.add_argument("--record", action="store_true", default=None, help="write every step")
@@ -35,8 +37,8 @@ def main(argv=None):
         args.device = f"cuda:{args.gpu}"
     for key in ("input_dir", "device", "record"):
         value = getattr(args, key)
-        if value is not None:
-            overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+        if value is not None:  # flag values go in as they are, not through YAML
+            overrides.append((key, value))
 
     # Imported after parsing so that --help is instant.
     from ddfm.errors import USER_ERRORS, one_line
@@ -50,10 +52,12 @@ def main(argv=None):
         config = load_config(args.model_config, args.diffusion_config, args.fusion_config, overrides)
         record = run(config, save_dir=args.save_dir, overwrite=args.overwrite, log=log,
                      progress=not args.quiet)
-        if config.fusion["evaluate"] and record["fused"]:
+        if config.fusion["evaluate"]:
             from ddfm.run import evaluate_run
             method = "DDFM" if record["prior"]["prior"] == "adm" else "prior-free"
-            print(evaluate_run(config, args.save_dir, method=method, log=log))
+            table = evaluate_run(config, args.save_dir, method=method, log=log)
+            if table:
+                print(table)
     except USER_ERRORS as err:
         log(f"error: {one_line(err)}")
         return 2

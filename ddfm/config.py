@@ -4,6 +4,7 @@ The model and diffusion YAMLs keep the official DDFM keys (plus `seed` and `eta`
 file); the fusion YAML holds everything about pairs, the method variant and the outputs. Every key
 is known in advance, so a typo is an error that names the key instead of a silent default.
 """
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,10 @@ FUSION_CHOICES = {
     "dtype": ("fp32", "fp16", "bf16"),
 }
 BOOL_KEYS = ("record", "evaluate", "channels_last", "compile")
+DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
+TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
+# Where the project lives: configs and a relative model_path are found from here as well.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
@@ -89,11 +94,17 @@ def _check_keys(data, allowed, where):
 
 
 def parse_override(text):
-    """Split `key=value`; the value is parsed as YAML so `true`, `25` and `[ct, mri]` get types."""
+    """Split `key=value`; the value is parsed as YAML so `true` and `25` get types.
+
+    Folder and device names stay the text as typed: YAML would turn `007` into 7 and `yes` into
+    True. `modalities` stays text too and is split on commas by validate_fusion.
+    """
     if "=" not in text:
         raise ConfigError(f"override '{text}': expected key=value")
     key, value = text.split("=", 1)
     key = key.strip()
+    if key in TEXT_KEYS:
+        return key, value.strip()
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
@@ -130,8 +141,8 @@ def validate_fusion(fusion):
         if not isinstance(fusion[key], bool):
             raise ConfigError(f"fusion config: {key} must be true or false, got {fusion[key]!r}")
     mods = fusion["modalities"]
-    if isinstance(mods, str):
-        mods = [m.strip() for m in mods.split(",")]
+    if isinstance(mods, str):  # "[ct, mri]" or "ct,mri" from the command line
+        mods = [m.strip().strip("'\"") for m in mods.strip().strip("[]").split(",")]
     if not (isinstance(mods, (list, tuple)) and len(mods) == 2 and all(mods) and mods[0] != mods[1]):
         raise ConfigError(f"fusion config: modalities must name two different folders, got {mods!r}")
     fusion["modalities"] = [str(m) for m in mods]
@@ -140,12 +151,22 @@ def validate_fusion(fusion):
             fusion[key] = float(fusion[key])
         except (TypeError, ValueError):
             raise ConfigError(f"fusion config: {key} must be a number, got {fusion[key]!r}") from None
-        if fusion[key] < 0:
-            raise ConfigError(f"fusion config: {key} must be >= 0, got {fusion[key]}")
-    if not isinstance(fusion["batch_size"], int) or fusion["batch_size"] < 1:
+        if not math.isfinite(fusion[key]) or fusion[key] < 0:
+            raise ConfigError(f"fusion config: {key} must be a finite number >= 0, got {fusion[key]}")
+    if 2 * fusion["lamb"] + fusion["rho"] == 0:
+        raise ConfigError("fusion config: lamb and rho cannot both be 0 (the u-step divides by 2*lamb + rho)")
+    batch = fusion["batch_size"]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"fusion config: batch_size must be a positive integer, got {fusion['batch_size']!r}")
     fusion["input_dir"] = str(fusion["input_dir"])
     fusion["device"] = str(fusion["device"])
+    if fusion["device"] != "auto":
+        import torch
+        try:
+            torch.device(fusion["device"])
+        except RuntimeError:
+            raise ConfigError(f"fusion config: device={fusion['device']!r} is not a torch device "
+                              f"(auto, cpu, cuda, cuda:N, ...)") from None
     return fusion
 
 
@@ -157,6 +178,9 @@ def validate_diffusion(diffusion):
     seed = diffusion.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"diffusion config: seed must be an integer, got {seed!r}")
+    for key in DIFFUSION_BOOL_KEYS:
+        if key in diffusion and not isinstance(diffusion[key], bool):
+            raise ConfigError(f"diffusion config: {key} must be true or false, got {diffusion[key]!r}")
     try:
         space_timesteps(int(diffusion.get("steps", 1000)), diffusion.get("timestep_respacing", ""))
     except (ValueError, TypeError) as err:
@@ -167,6 +191,17 @@ def validate_diffusion(diffusion):
     except (ValueError, TypeError) as err:
         raise ConfigError(f"diffusion config: {err}") from None
     return diffusion
+
+
+def locate_model_path(path):
+    """A relative model_path is taken from the working directory, else from the project folder
+    (so `models/...` works wherever sample.py is started from); absent everywhere, it is kept."""
+    if not path:
+        return path
+    path = Path(str(path)).expanduser()
+    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+        return str(PROJECT_ROOT / path)
+    return str(path)
 
 
 def load_config(model_path, diffusion_path, fusion_path=None, overrides=()):
@@ -181,6 +216,7 @@ def load_config(model_path, diffusion_path, fusion_path=None, overrides=()):
         _check_keys(given, tuple(FUSION_DEFAULTS), fusion_path)
         fusion.update(given)
     config = apply_overrides(Config(model, diffusion, fusion), overrides)
+    config.model["model_path"] = locate_model_path(config.model.get("model_path"))
     validate_fusion(config.fusion)
     if config.fusion["variant"] == "paper":
         # Algorithm 1 line 16 is the stochastic DDPM posterior step, whatever the YAML's sampler.

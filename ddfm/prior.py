@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import guided_diffusion
+from ddfm.config import ConfigError
 from guided_diffusion.checkpoint import CheckpointError, missing_file_message
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -21,9 +22,9 @@ def resolve_device(name):
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"device={name!r}: {err}") from None
+        raise ConfigError(f"device={name!r}: {str(err).splitlines()[0]}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}: CUDA is not available on this machine")
+        raise ConfigError(f"device={name!r}: CUDA is not available on this machine")
     return device
 
 

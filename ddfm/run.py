@@ -4,6 +4,7 @@ Every per-pair problem is reported as one line and the other pairs still run; th
 the failure count into the exit code. Outputs are written atomically and existing ones are
 skipped (unless overwrite), so an interrupted run resumes where it stopped.
 """
+import json
 import os
 import platform
 import sys
@@ -82,7 +83,11 @@ def build_fuser(config, log):
 
 
 def iter_batches(items, fuser, batch_size):
-    """Group (pair, src_a, src_b) by sampler size; yield lists of at most batch_size."""
+    """Group (pair, src_a, src_b) by sampler size; yield lists of at most batch_size.
+
+    With many image sizes, partly filled buckets would hold decoded images until the end: once
+    2 * batch_size pairs wait, the fullest bucket goes as it is.
+    """
     pending = {}
     for item in items:
         key = (None,) if fuser.prior_free else fuser.fused_shape(item[1])
@@ -90,6 +95,8 @@ def iter_batches(items, fuser, batch_size):
         bucket.append(item)
         if len(bucket) >= batch_size:
             yield pending.pop(key)
+        elif sum(len(b) for b in pending.values()) >= 2 * batch_size:
+            yield pending.pop(max(pending, key=lambda k: len(pending[k])))
     yield from pending.values()
 
 
@@ -106,6 +113,65 @@ def load_pairs(pairs, failures, log):
         yield pair, src_a, src_b
 
 
+def output_fingerprint(config, prior_kind):
+    """The settings that decide a fused image's pixels: a resumed run must share them."""
+    fusion = config.fusion
+    fingerprint = {"prior": prior_kind, "modalities": fusion["modalities"], "color": fusion["color"]}
+    if prior_kind == "adm":
+        fingerprint.update({key: fusion[key] for key in ("variant", "lamb", "rho", "size", "normalize", "dtype")})
+        fingerprint["model"] = dict(config.model)
+        fingerprint["diffusion"] = dict(config.diffusion)
+    return fingerprint
+
+
+def previous_record(save_dir, fingerprint, overwrite):
+    """The run.json of an earlier run in save_dir; a different configuration is an error unless
+    everything is redone (--overwrite): its images must not be mixed with new ones."""
+    path = Path(save_dir) / "run.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    before = old.get("fingerprint")
+    if before is not None and before != fingerprint and not overwrite:
+        changed = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
+        raise RunError(f"{path}: {save_dir} holds images fused with other settings ({', '.join(changed)}); "
+                       f"use --overwrite to redo them or choose another --save_dir")
+    return old
+
+
+def fuse_pairs(fuser, todo, save_dir, failures, log, progress):
+    """Fuse and write every pair of `todo`; returns {stem: seconds}. A batch that fails (a write
+    error, out of memory) is logged and recorded; the others still run."""
+    fusion, recon, timings = fuser.fusion, Path(save_dir) / "recon", {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc="pairs", unit="pair")
+    for batch in iter_batches(load_pairs(todo, failures, log), fuser, fusion["batch_size"]):
+        stems = [pair.stem for pair, _, _ in batch]
+        recorder = Recorder(save_dir, stems) if fusion["record"] and not fuser.prior_free else None
+        start = time.perf_counter()
+        try:
+            images = fuser.fuse_batch([(a, b) for _, a, b in batch], step_callback=recorder,
+                                      progress=progress)
+            seconds = (time.perf_counter() - start) / len(batch)
+            for stem, image in zip(stems, images):
+                io.write_image_atomic(recon / f"{stem}.png", image)
+                timings[stem] = round(seconds, 4)
+            if recorder is not None:
+                recorder.finish()
+        except (OSError, RuntimeError) as err:
+            message = f"{', '.join(stems)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            log(f"error: {message}")
+            failures.update({stem: message for stem in stems if stem not in timings})
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return timings
+
+
 def run(config, save_dir="output", overwrite=False, log=print, progress=True):
     """Fuse every pair of the configured folders into <save_dir>/recon; returns the run record."""
     fusion = config.fusion
@@ -117,6 +183,8 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
     for message in problems:
         log(f"error: {message}")
         failures[Path(message.split(":")[0]).stem] = message
+    fingerprint = output_fingerprint(config, resolve_prior(fusion["prior"], config.model)[0])
+    old = previous_record(save_dir, fingerprint, overwrite)
     recon = Path(save_dir) / "recon"
     todo = [p for p in pairs if overwrite or not (recon / f"{p.stem}.png").exists()]
     skipped = [p.stem for p in pairs if p not in todo]
@@ -126,32 +194,16 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
     fuser, prior_info = build_fuser(config, log)
     if fusion["record"] and fuser.prior_free:
         log("record: the prior-free fusion has no sampling steps to record")
-    timings = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="pairs", unit="pair")
-    for batch in iter_batches(load_pairs(todo, failures, log), fuser, fusion["batch_size"]):
-        stems = [pair.stem for pair, _, _ in batch]
-        recorder = Recorder(save_dir, stems) if fusion["record"] and not fuser.prior_free else None
-        start = time.perf_counter()
-        images = fuser.fuse_batch([(a, b) for _, a, b in batch], step_callback=recorder,
-                                  progress=progress)
-        seconds = (time.perf_counter() - start) / len(batch)
-        for stem, image in zip(stems, images):
-            io.write_image_atomic(recon / f"{stem}.png", image)
-            timings[stem] = round(seconds, 4)
-        if recorder is not None:
-            recorder.finish()
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
-
+    # Timings of the pairs an earlier run fused stay in the record of a resumed run.
+    timings = {stem: t for stem, t in old.get("fused", {}).items() if stem in skipped}
     record = {"configs": config.as_dict(), "prior": prior_info, "variant": fusion["variant"],
-              "seed": int(config.diffusion.get("seed", 3407)), "versions": versions(),
-              "command": sys.argv, "fused": timings, "skipped": skipped, "failed": failures}
-    distributed.write_run_record(save_dir, record, rank, world)
+              "seed": int(config.diffusion.get("seed", 3407)), "fingerprint": fingerprint,
+              "versions": versions(), "command": sys.argv, "fused": timings, "skipped": skipped,
+              "failed": failures}
+    try:
+        timings.update(fuse_pairs(fuser, todo, save_dir, failures, log, progress))
+    finally:  # also after Ctrl-C: the record says what is on disk
+        record = distributed.write_run_record(save_dir, record, rank, world)
     return record
 
 

@@ -145,6 +145,12 @@ def test_unusual_image_modes_are_converted(tmp_path, mode):
     (["timestep_respacing=2000"], "timestep_respacing"),
     (["variant=magic"], "variant"),
     (["batch_size=0"], "batch_size"),
+    (["batch_size=true"], "batch_size"),
+    (["lamb=.nan"], "lamb"),
+    (["lamb=0", "rho=0"], "lamb and rho"),
+    (["clip_denoised=abc"], "clip_denoised"),
+    (["sampler=ddpm", "eta=0.5"], "eta"),
+    (["device=nonsense"], "device"),
 ])
 def test_config_errors_are_one_line(tmp_path, dataset, capsys, args, needle):
     assert run_cli(tmp_path, "prior=none", *args) == 2
@@ -241,3 +247,58 @@ def test_corrupt_checkpoint_with_auto_prior_is_an_error_not_a_fallback(tmp_path,
     assert run_cli(tmp_path, "--model_config", str(TINY_MODEL_CONFIG), f"model_path={broken}") == 2
     err = capsys.readouterr().err
     assert "truncated or corrupt" in err and "PRIOR-FREE" not in err
+
+
+def test_resume_with_other_settings_is_refused_unless_overwrite(tmp_path, dataset, capsys):
+    assert run_cli(tmp_path, "prior=none") == 0
+    assert run_cli(tmp_path, *TINY) == 2
+    err = capsys.readouterr().err
+    assert "holds images fused with other settings" in err and "prior" in err
+    assert run_cli(tmp_path, *TINY, "--overwrite") == 0
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["fingerprint"]["prior"] == "adm" and set(record["fused"]) == {"p1", "p2"}
+
+
+def test_resumed_run_keeps_earlier_timings_in_run_json(tmp_path, dataset):
+    assert run_cli(tmp_path, "prior=none") == 0
+    (tmp_path / "out" / "recon" / "p2.png").unlink()
+    assert run_cli(tmp_path, "prior=none") == 0
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert set(record["fused"]) == {"p1", "p2"} and record["skipped"] == ["p1"]
+
+
+def test_write_error_fails_that_pair_and_keeps_the_record(tmp_path, dataset, capsys, monkeypatch):
+    from ddfm import io as ddfm_io
+
+    real = ddfm_io.write_image_atomic
+
+    def flaky(path, array):
+        if path.stem == "p1":
+            raise OSError(28, "No space left on device")
+        return real(path, array)
+
+    monkeypatch.setattr(ddfm_io, "write_image_atomic", flaky)
+    assert run_cli(tmp_path, "prior=none") == 1
+    assert "p1: [Errno 28] No space left on device" in capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert set(record["fused"]) == {"p2"} and set(record["failed"]) == {"p1"}
+
+
+def test_folder_names_are_taken_as_typed(tmp_path, capsys):
+    make_dataset(tmp_path / "007", {"n": random_pair(15, 36, 36)}, mods=("01", "02"))
+    assert run_cli(tmp_path, "prior=none", "modalities=[01, 02]", input_dir=tmp_path / "007") == 0
+    assert (tmp_path / "out" / "recon" / "n.png").exists()
+
+
+def test_sample_py_runs_from_another_working_directory(tmp_path, dataset, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sample.main(["--input_dir", "in", "--save_dir", "elsewhere", "--quiet", "prior=none"]) == 0
+    assert (tmp_path / "elsewhere" / "recon" / "p1.png").exists()
+
+
+def test_evaluate_true_on_an_already_fused_folder(tmp_path, capsys):
+    make_dataset(tmp_path / "in", {"v": random_pair(16, 48, 48)})
+    assert run_cli(tmp_path, "prior=none") == 0
+    capsys.readouterr()
+    assert run_cli(tmp_path, "prior=none", "evaluate=true") == 0
+    assert "protocol: reference" in capsys.readouterr().out
