@@ -4,7 +4,8 @@ The reference evaluator (CDDFuse's ``utils/Evaluator.py``) reads every image, so
 results alike, as 8-bit 3-channel BGR (OpenCV's default colour mode), converts it to float32 grey
 with Y = 0.299 R + 0.587 G + 0.114 B, and rounds Y to whole numbers. ``read_luma`` reproduces that
 with Pillow so that the metrics receive exactly the integers the reference sees. The official DDFM
-code reads its sources the same way, so ``ddfm.io`` uses ``luma_from_rgb8`` too.
+code reads its sources the same way, so ``ddfm.io`` decodes with ``decode_rgb8`` and
+``luma_from_rgb8`` too: a file has one luma in the whole project.
 """
 from pathlib import Path
 
@@ -20,20 +21,38 @@ _WG = np.float32(0.587)
 _WR = np.float32(0.299)
 
 
-def _to_rgb8(img):
-    """HxWx3 uint8 (or HxW uint8 for grey) as OpenCV's default read would give it."""
+class UnsupportedImageError(ValueError):
+    """A file Pillow decodes but whose pixel values have no 8-bit reading here (floats, > 16 bits)."""
+
+
+def decode_rgb8(img):
+    """An open PIL image -> HxWx3 uint8 RGB, or HxW uint8 for grey, as OpenCV's default read gives it.
+
+    The one decoding convention of the project: ``read_luma`` (metrics) and ``ddfm.io.read_image``
+    (fusion sources) both go through here, so a file has the same luma everywhere. EXIF orientation
+    is applied first (OpenCV's imread does so). 16-bit data keeps its high byte (OpenCV's 16 -> 8
+    bit conversion, also what the official DDFM reader gets). Raises UnsupportedImageError for
+    floating-point images and integer images outside 0..65535, which OpenCV would not read as
+    8-bit grey levels either; Pillow's own errors (OSError, ValueError, ...) pass through.
+    """
+    img = ImageOps.exif_transpose(img)
+    img.load()
     mode = img.mode
     if mode in ("L", "RGB"):
         return np.asarray(img)
+    if mode in ("1", "LA"):
+        # Grey with a 1-bit depth or an alpha channel: OpenCV's 3 equal channels have this luma.
+        return np.asarray(img.convert("L"))
     if mode.startswith("I;16") or mode == "I":
-        # OpenCV maps 16-bit data to 8 bits by dropping the low byte.
         raw = np.asarray(img).astype(np.int64)
-        if raw.size and raw.max() > 65535:
-            raise ValueError(f"unsupported {mode} image with values above 65535")
-        return (np.clip(raw, 0, 65535) >> 8).astype(np.uint8)
+        if raw.size and (raw.min() < 0 or raw.max() > 65535):
+            raise UnsupportedImageError(f"unsupported {mode} image with values outside 0..65535 "
+                                        f"({raw.min()}..{raw.max()}); save it as 8 or 16 bit")
+        # OpenCV maps 16-bit data to 8 bits by dropping the low byte.
+        return (raw >> 8).astype(np.uint8)
     if mode == "F":
-        raise ValueError("floating-point images are not supported; save the fused image as 8-bit")
-    # RGBA (alpha dropped), LA, P (palette expanded), 1, CMYK, YCbCr, ...
+        raise UnsupportedImageError("unsupported floating-point image; save it as 8 or 16 bit")
+    # RGBA (alpha dropped), P (palette expanded), CMYK, YCbCr, ...
     return np.asarray(img.convert("RGB"))
 
 
@@ -53,9 +72,8 @@ def read_luma(path):
 
     Grey 8-bit images are returned as they are (their luma equals their value); 16-bit images lose
     their low byte; RGBA/palette/other modes go through RGB. EXIF orientation is applied, as the
-    reference's OpenCV read does. Raises OSError/ValueError for unreadable files.
+    reference's OpenCV read does (see ``decode_rgb8``). Raises OSError/ValueError (among them
+    UnsupportedImageError) for unreadable files.
     """
     with Image.open(Path(path)) as img:
-        img = ImageOps.exif_transpose(img)
-        img.load()
-        return luma_from_rgb8(_to_rgb8(img))
+        return luma_from_rgb8(decode_rgb8(img))
