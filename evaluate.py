@@ -39,6 +39,17 @@ def _parse_metrics(text):
     return [by_lower[m.lower()] for m in names]
 
 
+def _digits(text):
+    """argparse type for --digits: a whole number >= 0 (a format precision cannot be negative)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ir", "--a", dest="a", required=True, help="first source folder (IR / CT)")
@@ -50,7 +61,7 @@ def build_parser():
     parser.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)}")
     parser.add_argument("--json", type=Path, help="write per-image and mean values as JSON")
     parser.add_argument("--csv", type=Path, help="write per-image and mean values as CSV")
-    parser.add_argument("--digits", type=int, default=4, help="decimals in the printed table")
+    parser.add_argument("--digits", type=_digits, default=4, help="decimals in the printed table (>= 0)")
     return parser
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ddfm.io import publish
+
 
 def rank_and_world():
     """(rank, world_size) from torchrun's environment; (0, 1) for a plain run."""
@@ -36,7 +38,7 @@ def write_json_atomic(path, data):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2, default=str)
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def merge_records(records):

@@ -1,8 +1,10 @@
 """Image I/O: pair discovery, decoding to luma (+ chroma), pad/crop to /32, atomic writes, progress.
 
 Values on disk are 8-bit grey levels; `read_image` returns float64 luma in [0, 255] the way the
-official code reads it (BT.601 luma of the decoded RGB, rounded), plus the RGB when the file really
-is colour so that its chroma can be put back on the fused luma.
+official code reads it (OpenCV's 8-bit read, then BT.601 luma of the RGB, rounded), plus the RGB
+when the file really is colour so that its chroma can be put back on the fused luma. Decoding is
+`metrics_io.decode_rgb8`, shared with the metrics, so a file has the same luma for fusion and for
+evaluation; arrays given to the Python API follow the same convention (`source_from_array`).
 """
 import os
 import tempfile
@@ -11,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ddfm import color
-from ddfm.metrics_io import IMAGE_EXTENSIONS, luma_from_rgb8
+from ddfm.metrics_io import IMAGE_EXTENSIONS, UnsupportedImageError, decode_rgb8, luma_from_rgb8
 
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
+# Floats within half a grey level of [0, 1] round into it; anything further out is not a [0,1] image.
+FLOAT_TOLERANCE = 0.5 / 255.0
 
 
 class FusionInputError(ValueError):
@@ -40,19 +44,30 @@ class SourceImage:
 
 
 def list_images(folder):
-    """Image files of a folder by stem (non-image files are ignored); the first of a stem wins."""
+    """Image files of a folder as {stem: [paths]} (non-image files are ignored).
+
+    More than one path under a stem (a.png and a.jpg) means the pair is ambiguous: find_pairs
+    reports it instead of silently picking one.
+    """
     found = {}
     for path in sorted(Path(folder).iterdir()):
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            found.setdefault(path.stem, path)
+            found.setdefault(path.stem, []).append(path)
     return found
+
+
+def _duplicate_message(stem, paths):
+    """One line naming every file of a folder that shares a stem."""
+    others = ", ".join(str(p) for p in paths[1:])
+    return f"{paths[0]}: stem '{stem}' is also used by {others}; keep one image per stem"
 
 
 def find_pairs(input_dir, modalities):
     """Match `<input_dir>/<mod_a>/<stem>.*` with `<input_dir>/<mod_b>/<stem>.*`.
 
-    Returns (pairs, problems): problems are one-line messages about files without a partner.
-    A missing or empty folder is fatal and raises FusionInputError.
+    Returns (pairs, problems): problems are one-line messages, each starting with a file of the
+    stem concerned, about files without a partner and stems used by several files of one folder
+    (that pair is not fused). A missing or empty folder is fatal and raises FusionInputError.
     """
     folders = [Path(input_dir) / m for m in modalities]
     for folder in folders:
@@ -63,56 +78,84 @@ def find_pairs(input_dir, modalities):
         raise FusionInputError(f"{folders[0]} and {folders[1]}: no images found")
     pairs, problems = [], []
     for stem in sorted(set(a_files) | set(b_files)):
-        if stem not in b_files:
-            problems.append(f"{a_files[stem]}: no partner image '{stem}.*' in {folders[1]}")
+        duplicates = [f[stem] for f in (a_files, b_files) if len(f.get(stem, ())) > 1]
+        if duplicates:
+            problems.extend(_duplicate_message(stem, paths) for paths in duplicates)
+        elif stem not in b_files:
+            problems.append(f"{a_files[stem][0]}: no partner image '{stem}.*' in {folders[1]}")
         elif stem not in a_files:
-            problems.append(f"{b_files[stem]}: no partner image '{stem}.*' in {folders[0]}")
+            problems.append(f"{b_files[stem][0]}: no partner image '{stem}.*' in {folders[0]}")
         else:
-            pairs.append(Pair(stem, a_files[stem], b_files[stem]))
+            pairs.append(Pair(stem, a_files[stem][0], b_files[stem][0]))
     return pairs, problems
 
 
-def _decode_rgb(image):
-    """Any PIL mode -> float64 RGB (H,W,3) in [0,255], or (H,W) for single-channel images."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greys keep their precision: 65535 maps to 255.
-        arr = np.asarray(image, dtype=np.float64)
-        return arr / 257.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else arr
-    if mode == "F":
-        arr = np.asarray(image, dtype=np.float64)
-        return arr * 255.0 if arr.max(initial=0) <= 1.0 else np.clip(arr, 0, 255)
-    if mode in ("1", "L", "LA"):
-        return np.asarray(image.convert("L"), dtype=np.float64)
-    # RGB, RGBA (alpha dropped), P (palette expanded), CMYK, YCbCr, LAB, HSV ...
-    return np.asarray(image.convert("RGB"), dtype=np.float64)
+def _reason(err):
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_image(path):
-    """Decode one source file; a corrupt or unreadable file raises FusionInputError naming it."""
+    """Decode one source file (metrics_io.decode_rgb8, the project's one convention).
+
+    Every problem, a corrupt file, an unsupported mode, a decompression bomb or no memory for a
+    huge image, raises FusionInputError naming the file: one bad pair must not stop the run.
+    """
     path = Path(path)
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)  # as OpenCV's imread (the official reader) does
-            data = _decode_rgb(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise FusionInputError(f"{path}: cannot read image ({reason})") from None
+            data = decode_rgb8(image)
+    except UnsupportedImageError as err:
+        raise FusionInputError(f"{path}: {_reason(err)}") from None
+    except Image.DecompressionBombError as err:
+        raise FusionInputError(f"{path}: image too large to decode safely ({_reason(err)})") from None
+    except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error, ...)
+        raise FusionInputError(f"{path}: cannot read image ({_reason(err)})") from None
     return _source(path, data)
 
 
 def _source(path, data):
-    """(H,W) grey or (H,W,3) RGB in [0,255] -> SourceImage; RGB keeps its colour only if R,G,B differ."""
+    """(H,W) grey or (H,W,3) RGB grey levels in [0,255] -> SourceImage (float64).
+
+    RGB keeps its colour only if R,G,B differ.
+    """
     if data.ndim == 2:
-        return SourceImage(Path(path), data)
+        return SourceImage(Path(path), data.astype(np.float64))
     # The official reader: BT.601 luma in float32 of the 8-bit RGB, rounded to whole grey levels.
     luma = luma_from_rgb8(data)
     grey = np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 1], data[..., 2])
-    return SourceImage(Path(path), luma, None if grey else data)
+    return SourceImage(Path(path), luma, None if grey else data.astype(np.float64))
+
+
+def _array_levels(data, name):
+    """Array values -> whole grey levels in [0,255], by the file reader's convention for the dtype.
+
+    uint16 keeps its high byte (decode_rgb8 on a 16-bit file); other integers are grey levels and
+    must lie in 0..255; floats are [0,1] and are rounded to grey levels like every file, so that
+    `img / 255` fuses exactly as `img`. Anything else raises FusionInputError naming the dtype.
+    """
+    dtype = data.dtype
+    if dtype == np.uint16:
+        return (data >> 8).astype(np.uint8)
+    if np.issubdtype(dtype, np.integer):
+        if data.size and (data.min() < 0 or data.max() > 255):
+            raise FusionInputError(f"{name}: {dtype} values {data.min()}..{data.max()} are outside the "
+                                   f"grey levels 0..255; pass uint8, uint16, or floats in [0, 1]")
+        return data.astype(np.uint8)
+    if np.issubdtype(dtype, np.floating):
+        if not np.isfinite(data).all():
+            raise FusionInputError(f"{name}: {dtype} image has NaN or infinite values")
+        low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+        if low < -FLOAT_TOLERANCE or high > 1.0 + FLOAT_TOLERANCE:
+            raise FusionInputError(f"{name}: {dtype} values {low:g}..{high:g} are outside [0, 1]; "
+                                   f"float images are taken as [0, 1] (divide 8-bit data by 255)")
+        return np.round(np.clip(data.astype(np.float64), 0.0, 1.0) * 255.0)
+    raise FusionInputError(f"{name}: unsupported dtype {dtype}; pass uint8, uint16, or floats in [0, 1]")
 
 
 def source_from_array(array, name="array"):
-    """A SourceImage from an (H,W) or (H,W,3) array: uint8 as is, floats taken as [0,1]."""
+    """A SourceImage from an (H,W) or (H,W,3) array (CHW accepted), read like a file (_array_levels)."""
     data = np.asarray(array)
     if data.ndim == 3 and data.shape[0] in (1, 3) and data.shape[-1] not in (1, 3):
         data = np.moveaxis(data, 0, -1)  # CHW (a torch habit) -> HWC
@@ -120,7 +163,7 @@ def source_from_array(array, name="array"):
         data = data[..., 0]
     if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[-1] != 3):
         raise FusionInputError(f"{name}: expected an (H,W) or (H,W,3) image, got shape {data.shape}")
-    return _source(name, data.astype(np.float64) * (1.0 if data.dtype == np.uint8 else 255.0))
+    return _source(name, _array_levels(data, name))
 
 
 def check_pair(stem, src_a, src_b):
@@ -183,25 +226,49 @@ def recombine_chroma(grey_u8, rgb):
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def write_image_atomic(path, array):
-    """Write a PNG (uint8 grey or RGB) through a temporary file and a rename: never half a file."""
+def _read_umask():
+    """The process umask: it can only be read by setting it, so this runs once, at import."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def publish(tmp, path):
+    """Move a finished temporary file onto `path` atomically, readable as a plainly created file.
+
+    mkstemp creates its files 0600 whatever the umask, which would leave every output private to
+    its owner; the file gets the mode open() would give it (0o666 & ~umask) before the rename.
+    """
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
+
+def _write_atomic(path, save):
+    """Call save(handle) on a temporary file next to `path`, then publish it: never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    # The .tmp suffix keeps a leftover (after a kill) from being taken for an image by any reader.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(array).save(handle, format="PNG")
-        os.replace(tmp, path)
+            save(handle)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def write_image_atomic(path, array):
+    """Write a PNG (uint8 grey or RGB) through a temporary file and a rename: never half a file."""
+    _write_atomic(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"))
+
+
 def write_gif(path, frames, duration_ms=80):
     """An animated GIF of the progress frames (uint8 grey), so the sampling can be seen at a glance."""
     images = [Image.fromarray(f) for f in frames]
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                   duration=duration_ms, loop=0)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda handle: images[0].save(handle, format="GIF", save_all=True,
+                                                      append_images=images[1:],
+                                                      duration=duration_ms, loop=0))

@@ -271,14 +271,30 @@ def checkpoint_status(path=DEFAULT_CHECKPOINT_PATH):
     return "ok"
 
 
-if __name__ == "__main__":
-    # `python -m guided_diffusion.checkpoint [PATH]`: structural check of a downloaded file.
+def main(argv=None):
+    """`python -m guided_diffusion.checkpoint [PATH]`: structural check of a downloaded file.
+
+    Exit status 0 when the file is the ADM checkpoint, 1 (with one line on stderr) when it is not,
+    2 for bad arguments (argparse).
+    """
+    import argparse
     import sys
 
-    target = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_CHECKPOINT_PATH
+    parser = argparse.ArgumentParser(
+        prog="python -m guided_diffusion.checkpoint",
+        description="Check a downloaded ADM checkpoint: loads it safely, counts tensors and parameters, "
+                    "and looks for NaN/Inf values.")
+    parser.add_argument("path", nargs="?", default=DEFAULT_CHECKPOINT_PATH, metavar="PATH",
+                        help=f"checkpoint file (default: {DEFAULT_CHECKPOINT_PATH})")
+    target = parser.parse_args(argv).path
     try:
         n_tensors, n_params = verify_checkpoint(target)
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        print(f"error: {_one_line(err, limit=10_000)}", file=sys.stderr)
+        return 1
     print(f"{target}: {n_tensors} tensors, {n_params:,} parameters, all finite: OK")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

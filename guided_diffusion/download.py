@@ -89,7 +89,10 @@ def _open(url, offset, timeout):
     headers = {"User-Agent": USER_AGENT}
     if offset > 0:
         headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
+    try:
+        request = urllib.request.Request(url, headers=headers)
+    except ValueError as exc:  # Request() itself rejects a URL without a scheme or host
+        raise DownloadError(f"invalid URL {url!r}: {' '.join(str(exc).split())}") from None
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:

@@ -285,3 +285,27 @@ def test_checkpoint_status(tmp_path):
     other = tmp_path / "other.pt"
     other.write_bytes(b"x")
     assert ckpt.checkpoint_status(other) == "ok"
+
+
+def test_command_line_help_path_and_exit_codes(tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "guided_diffusion.checkpoint", "--help"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage:" in proc.stdout and "PATH" in proc.stdout
+    assert ckpt.DEFAULT_CHECKPOINT_PATH in proc.stdout
+    # A missing file and a file of another model: exit 1, one line.
+    assert ckpt.main([str(tmp_path / "absent.pt")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: checkpoint not found") and "absent.pt" in err
+    assert ckpt.main([str(saved(tmp_path, seeded_net()))]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected 566" in err
+    # No PATH: the default path is checked; a good file exits 0.
+    checked = []
+    monkeypatch.setattr(ckpt, "verify_checkpoint", lambda path: checked.append(path) or (566, 10))
+    assert ckpt.main([]) == 0
+    assert checked == [ckpt.DEFAULT_CHECKPOINT_PATH] and "566 tensors" in capsys.readouterr().out

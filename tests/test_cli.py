@@ -302,3 +302,122 @@ def test_evaluate_true_on_an_already_fused_folder(tmp_path, capsys):
     capsys.readouterr()
     assert run_cli(tmp_path, "prior=none", "evaluate=true") == 0
     assert "protocol: reference" in capsys.readouterr().out
+
+
+def _error_lines(err, name):
+    """The stderr lines that mention a file name; each problem must be exactly one of them."""
+    return [line for line in err.splitlines() if name in line]
+
+
+def test_unsupported_and_oversized_images_fail_their_pair_only(tmp_path, capsys, monkeypatch):
+    root = make_dataset(tmp_path / "in", {"good": random_pair(17, 40, 40)})
+    grey = random_pair(18, 40, 40)[0]
+    Image.fromarray(np.full((40, 40), 1_000_000, np.int32)).save(root / "ir" / "deep.tif")  # > 16 bit
+    write_png(root / "vi" / "deep.png", grey)
+    Image.fromarray(np.full((40, 40), 2.5, np.float32)).save(root / "ir" / "float.tif")    # mode F
+    write_png(root / "vi" / "float.png", grey)
+    big = random_pair(19, 100, 100)
+    write_png(root / "ir" / "bomb.png", big[0])
+    write_png(root / "vi" / "bomb.png", big[1])
+    # Pillow refuses images over twice MAX_IMAGE_PIXELS: 100x100 is a "bomb" here, 40x40 is not.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    assert run_cli(tmp_path, "prior=none") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name, needle in [("deep.tif", "outside 0..65535"), ("float.tif", "floating-point"),
+                         ("bomb.png", "too large")]:
+        lines = _error_lines(err, name)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (name, err)
+    assert (tmp_path / "out" / "recon" / "good.png").exists()
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert set(record["fused"]) == {"good"} and set(record["failed"]) == {"deep", "float", "bomb"}
+
+
+def test_duplicate_stems_fail_that_pair_only(tmp_path, capsys):
+    root = make_dataset(tmp_path / "in", {"good": random_pair(20, 40, 40), "a": random_pair(21, 40, 40)})
+    Image.fromarray(random_pair(22, 40, 40)[0]).save(root / "ir" / "a.jpg")
+    assert run_cli(tmp_path, "prior=none") == 1
+    err = capsys.readouterr().err
+    lines = _error_lines(err, "a.jpg")
+    assert len(lines) == 1 and "a.png" in lines[0] and "stem 'a'" in lines[0]
+    assert not (tmp_path / "out" / "recon" / "a.png").exists()
+    assert (tmp_path / "out" / "recon" / "good.png").exists()
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert set(record["fused"]) == {"good"} and set(record["failed"]) == {"a"}
+
+
+def test_python_api_reads_integer_and_float_arrays_like_files(tmp_path):
+    import ddfm
+    from ddfm import io
+
+    a, b = random_pair(23, 40, 44, colour_b=True)
+    grey, colour = io.source_from_array(a), io.source_from_array(b)
+    low_byte = np.random.default_rng(24).integers(0, 256, a.shape, dtype=np.uint16)
+    for same in (a.astype(np.int64), a.astype(np.int16), a.astype(np.uint32), a / 255.0,
+                 (a / 255.0).astype(np.float32), (a.astype(np.uint16) << 8) | low_byte):
+        assert np.array_equal(io.source_from_array(same).luma, grey.luma), same.dtype
+    for same in (b.astype(np.int32), b / 255.0):
+        source = io.source_from_array(same)
+        assert np.array_equal(source.luma, colour.luma) and np.array_equal(source.rgb, colour.rgb)
+    # A uint16 array is read like the same data saved as a 16-bit file.
+    deep = (a.astype(np.uint16) << 8) | low_byte
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert np.array_equal(io.read_image(tmp_path / "deep.png").luma, io.source_from_array(deep).luma)
+    # Floats a rounding error outside [0, 1] are clipped, not refused.
+    assert io.source_from_array(np.full((4, 4), 1.0 + 1e-6)).luma.max() == 255
+    fused = ddfm.fuse(a, b, prior="none", log=lambda m: None)
+    assert np.array_equal(ddfm.fuse(a.astype(np.int64), b.astype(np.int64), prior="none",
+                                    log=lambda m: None), fused)
+
+
+@pytest.mark.parametrize("array,needle", [
+    (np.full((40, 40), 300, np.int64), "int64 values 300..300"),
+    (np.full((40, 40), -1, np.int16), "int16 values -1..-1"),
+    (np.full((40, 40), 1.5), "outside [0, 1]"),
+    (np.full((40, 40), -0.2, np.float32), "outside [0, 1]"),
+    (np.full((40, 40), np.nan), "NaN or infinite"),
+    (np.full((40, 40), np.inf, np.float32), "NaN or infinite"),
+    (np.zeros((40, 40), bool), "unsupported dtype bool"),
+    (np.zeros((40, 40), complex), "unsupported dtype complex128"),
+])
+def test_python_api_refuses_arrays_it_cannot_read_as_grey_levels(array, needle):
+    from ddfm import io
+
+    with pytest.raises(io.FusionInputError) as info:
+        io.source_from_array(array, "a")
+    message = str(info.value)
+    assert message.startswith("a: ") and needle in message and "\n" not in message
+
+
+def test_outputs_are_readable_as_the_umask_allows(tmp_path):
+    """mkstemp makes 0600 files; outputs must get 0o666 & ~umask like any file (umask 027 -> 0640)."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    make_dataset(tmp_path / "in", {"u": random_pair(25, 36, 36)})
+    out = tmp_path / "out"
+    script = (
+        "import os, sys, numpy as np, sample\n"
+        "from ddfm import io\n"
+        f"rc = sample.main(['--input_dir', {str(tmp_path / 'in')!r}, '--save_dir', {str(out)!r},"
+        " '--quiet', 'prior=none'])\n"
+        "frame = np.zeros((8, 8), np.uint8)\n"
+        f"io.write_gif({str(out / 'u.gif')!r}, [frame, frame + 9])\n"
+        f"open({str(out / 'tmp')!r}, 'w').close()\n"
+        f"os.chmod({str(out / 'tmp')!r}, 0o600)\n"  # as mkstemp leaves it
+        f"io.publish({str(out / 'tmp')!r}, {str(out / 'published.json')!r})\n"
+        "sys.exit(rc)\n")
+    previous = os.umask(0o027)  # the child reads this umask when it imports ddfm.io
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        os.umask(previous)
+    assert proc.returncode == 0, proc.stderr
+    for path in (out / "recon" / "u.png", out / "u.gif", out / "published.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+    assert not list(out.rglob("*.tmp")) and not (out / "tmp").exists()

@@ -212,3 +212,13 @@ def test_cli_checksum_failure_exit_code(server, tmp_path, capsys):
     assert status == 1
     assert captured.err.count("\n") == 1 and "SHA-256 mismatch" in captured.err
     assert not output.exists()
+
+
+@pytest.mark.parametrize("url", ["notaurl", ""])
+def test_cli_malformed_url_prints_one_line(tmp_path, capsys, url):
+    output = tmp_path / "ckpt.pt"
+    status = dl.main(["--url", url, "--output", str(output), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1 and err.startswith(f"error: invalid URL {url!r}")
+    assert not output.exists() and not part_path(output).exists()

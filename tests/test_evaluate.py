@@ -177,3 +177,13 @@ def test_golden_dataset_means_through_evaluate_folders():
         means = result["methods"][method]["mean"]
         for m, value in reference[f"{method}/MRI_CT"]["mean"].items():
             assert means[m] == pytest.approx(value, abs=1e-4), (method, m)
+
+
+def test_negative_digits_is_an_argument_error(dataset, capsys):
+    args = ["--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean"]
+    with pytest.raises(SystemExit) as info:
+        _run(capsys, *args, "--digits", "-1")
+    assert info.value.code == 2
+    assert "--digits: expected a whole number >= 0, got -1" in capsys.readouterr().err
+    code, out, err = _run(capsys, *args, "--digits", "0")
+    assert code == 0 and "Traceback" not in err

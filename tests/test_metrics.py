@@ -249,3 +249,71 @@ def test_read_luma_modes(tmp_path):
     assert np.array_equal(read_luma(tmp_path / "grey3.png"), grey)  # BT.601 of grey is grey
     Image.fromarray(np.full((3, 3), 0x1234, np.uint16)).save(tmp_path / "deep.png")
     assert np.all(read_luma(tmp_path / "deep.png") == 0x12)  # 16 -> 8 bits drops the low byte
+
+
+def _mode_image(mode, rng, shape=(6, 7)):
+    """A small image of the given PIL mode, with values that exercise its range."""
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, shape, dtype=np.uint16))
+    if mode == "I":
+        return Image.fromarray(rng.integers(0, 65536, shape).astype(np.int32))
+    rgb = Image.fromarray(rng.integers(0, 256, shape + (3,), dtype=np.uint8))
+    return rgb if mode == "RGB" else rgb.convert(mode)
+
+
+@pytest.mark.parametrize("mode,ext", [("I;16", ".png"), ("I", ".tif"), ("L", ".png"), ("RGB", ".png"),
+                                      ("RGBA", ".png"), ("P", ".png"), ("LA", ".png"), ("1", ".png"),
+                                      ("CMYK", ".tif"), ("RGB", ".jpg")])
+def test_fusion_reader_and_metrics_reader_give_the_same_luma(tmp_path, mode, ext):
+    """One decoding convention: ddfm.io.read_image (sample.py) sees what read_luma (evaluate.py) sees."""
+    from ddfm import io
+
+    path = tmp_path / f"m{ext}"
+    _mode_image(mode, np.random.default_rng(5)).save(path)
+    source = io.read_image(path)
+    assert source.luma.dtype == np.float64
+    assert np.array_equal(source.luma, read_luma(path))
+    if source.rgb is not None:  # colour is kept as float64 RGB on [0, 255]
+        assert source.rgb.dtype == np.float64 and source.rgb.shape == source.luma.shape + (3,)
+
+
+def test_sixteen_bit_png_keeps_the_high_byte_in_both_readers(tmp_path):
+    deep = np.array([[0, 255, 256, 0x12FF], [0x8000, 0xFEFF, 0xFF00, 0xFFFF]], np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    from ddfm import io
+
+    expected = (deep >> 8).astype(np.float64)  # OpenCV's 16 -> 8 bit read, no rounding up
+    assert np.array_equal(read_luma(tmp_path / "deep.png"), expected)
+    assert np.array_equal(io.read_image(tmp_path / "deep.png").luma, expected)
+
+
+def test_exif_orientation_is_applied_by_both_readers(tmp_path):
+    from ddfm import io
+
+    image = _mode_image("RGB", np.random.default_rng(6))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rot.png", exif=exif)
+    luma = read_luma(tmp_path / "rot.png")
+    assert luma.shape == (7, 6)
+    assert np.array_equal(io.read_image(tmp_path / "rot.png").luma, luma)
+
+
+@pytest.mark.parametrize("array,needle", [
+    (np.full((4, 4), 70000, np.int32), "outside 0..65535"),
+    (np.full((4, 4), -1, np.int32), "outside 0..65535"),
+    (np.full((4, 4), 0.5, np.float32), "floating-point"),
+    (np.full((4, 4), 3.0, np.float32), "floating-point"),
+])
+def test_unsupported_values_are_refused_by_both_readers(tmp_path, array, needle):
+    from ddfm import io
+    from ddfm.metrics_io import UnsupportedImageError
+
+    path = tmp_path / "odd.tif"
+    Image.fromarray(array).save(path)
+    with pytest.raises(UnsupportedImageError, match=needle):
+        read_luma(path)
+    with pytest.raises(io.FusionInputError) as info:
+        io.read_image(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and needle in message and "\n" not in message
