@@ -12,7 +12,7 @@ Roles of the sources (ddfm_official.md §2.4, §4.3):
 Naming: ``lamb`` is the TV weight psi and ``rho`` the HQS penalty eta, as in the official code
 (lamb=0.5, rho=0.001). The EM scales are ``tau_a``, ``tau_b`` (the paper's gamma, rho).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -30,6 +30,7 @@ class EMState:
     fft_k1: torch.Tensor  # (H, W) complex OTF of the horizontal difference, acts as h[c+1] - h[c]
     fft_k2: torch.Tensor  # (H, W) complex OTF of the vertical difference, acts as h[r+1] - h[r]
     denom: torch.Tensor   # (H, W//2+1) real 1 + |K1|^2 + |K2|^2 on the rfft2 half-spectrum
+    valid: torch.Tensor = None  # (N, 1, H, W) 1 on each image's own pixels, 0 on padding; None: all
 
 
 @dataclass
@@ -56,10 +57,12 @@ def psf2otf(psf, shape):
     return torch.fft.fft2(torch.roll(padded, shifts=shifts, dims=(0, 1)))
 
 
-def init_em_state(shape, device=None, dtype=torch.float32):
+def init_em_state(shape, device=None, dtype=torch.float32, valid_hw=None):
     """Official EM_Initial (ddfm_official.md §4.1): F1 = F2 = 0, tau_a = tau_b = 1, OTFs at image size.
 
     shape: (N, 1, H, W). C, D, H of the official state are recomputed before use, so they are not kept.
+    valid_hw: optional [(h, w)] per image when the images were padded at the bottom/right to (H, W):
+    the tau updates then average over each image's own pixels only, not over the padding.
     """
     n, _, h, w = shape
     k1 = torch.tensor([[1.0, -1.0]], device=device, dtype=dtype)    # 1x2 horizontal difference
@@ -78,12 +81,26 @@ def init_em_state(shape, device=None, dtype=torch.float32):
         fft_k1=fft_k1,
         fft_k2=fft_k2,
         denom=denom,
+        valid=_valid_mask(shape, valid_hw, device, dtype),
     )
 
 
-def _image_mean(x):
-    """Mean over all pixels of each image: (N, 1, H, W) -> (N, 1, 1, 1)."""
-    return x.reshape(x.shape[0], -1).mean(dim=1).view(-1, 1, 1, 1)
+def _valid_mask(shape, valid_hw, device, dtype):
+    """(N, 1, H, W) ones on the top-left (h, w) of each image; None when nothing is padded."""
+    n, _, h, w = shape
+    if valid_hw is None or all(tuple(hw) == (h, w) for hw in valid_hw):
+        return None
+    mask = torch.zeros(shape, device=device, dtype=dtype)
+    for k, (vh, vw) in enumerate(valid_hw):
+        mask[k, :, :vh, :vw] = 1
+    return mask
+
+
+def _image_mean(x, valid=None):
+    """Mean over the pixels of each image (its valid ones if a mask is given): (N,1,H,W) -> (N,1,1,1)."""
+    if valid is None:
+        return x.reshape(x.shape[0], -1).mean(dim=1).view(-1, 1, 1, 1)
+    return (x * valid).sum(dim=(1, 2, 3), keepdim=True) / valid.sum(dim=(1, 2, 3), keepdim=True)
 
 
 def _fft_solve(rhs, state):
@@ -137,16 +154,15 @@ def em_step_official(f_tilde, I, V, state, lamb=0.5, rho=0.001, diagnostics=Fals
     D_preclip = D
     D = torch.minimum(D, two_c)
     # Scale update E[m] = 1/E[1/m] + tau/2 with the old tau; used from the next call on.
-    tau_b = _image_mean((D + 1e-10).reciprocal_()) + state.tau_b / 2
-    tau_a = _image_mean((C + 1e-10).reciprocal_()) + state.tau_a / 2
+    tau_b = _image_mean((D + 1e-10).reciprocal_(), state.valid) + state.tau_b / 2
+    tau_a = _image_mean((C + 1e-10).reciprocal_(), state.valid) + state.tau_a / 2
     # M-step, one HQS pass: k (FFT solve with the carried F1/F2), u, then x.
     H = _fft_solve(R, state)
     F1, F2 = _zero_boundary_backward_diff(H * (rho / (2 * lamb + rho)))
     # x-update (2C Y + rho (Y - H)) / (2C + 2D + rho).
     X = (Y - H).mul_(rho).addcmul_(two_c, Y).div_(two_c.add(D, alpha=2).add_(rho))
     F = I - X
-    new_state = EMState(F1=F1, F2=F2, tau_a=tau_a, tau_b=tau_b,
-                        fft_k1=state.fft_k1, fft_k2=state.fft_k2, denom=state.denom)
+    new_state = replace(state, F1=F1, F2=F2, tau_a=tau_a, tau_b=tau_b)
     if not diagnostics:
         return F, new_state
     clip_mask = D_preclip > two_c
@@ -171,8 +187,8 @@ def em_step_paper(f_tilde, i, v, state, lamb=0.5, rho=0.001, eps=1e-6, diagnosti
     m_bar = torch.sqrt(2 / (gamma * ((y - x) ** 2 + eps)))   # E[1/m], likelihood |y - x|
     n_bar = torch.sqrt(2 / (rho_hyper * (x ** 2 + eps)))     # E[1/n], prior |x|
     # Eq. 31: gamma = mean E[m], rho = mean E[n], with E[m] = 1/E[1/m] + gamma/2.
-    new_gamma = _image_mean(1 / m_bar + gamma / 2)
-    new_rho_hyper = _image_mean(1 / n_bar + rho_hyper / 2)
+    new_gamma = _image_mean(1 / m_bar + gamma / 2, state.valid)
+    new_rho_hyper = _image_mean(1 / n_bar + rho_hyper / 2, state.valid)
     # M-step. Eq. 25: k from x and the carried u.
     k = _fft_solve(x, state)
     # Eq. 27: u = eta / (2 psi + eta) * grad k, with the same (circular) differences as the OTFs.
@@ -182,8 +198,7 @@ def em_step_paper(f_tilde, i, v, state, lamb=0.5, rho=0.001, eps=1e-6, diagnosti
     # Eq. 29.
     x = (2 * m_bar * y + rho * k) / (2 * m_bar + 2 * n_bar + rho)
     f_hat = x + v  # Eq. 30
-    new_state = EMState(F1=u1, F2=u2, tau_a=new_gamma, tau_b=new_rho_hyper,
-                        fft_k1=state.fft_k1, fft_k2=state.fft_k2, denom=state.denom)
+    new_state = replace(state, F1=u1, F2=u2, tau_a=new_gamma, tau_b=new_rho_hyper)
     if not diagnostics:
         return f_hat, new_state
     no_clip = torch.zeros_like(m_bar, dtype=torch.bool)

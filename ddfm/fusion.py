@@ -91,7 +91,7 @@ class Fuser:
 
         fused = ddfm_sample(self.model, self.diffusion, a, b, variant=self.fusion["variant"],
                             lamb=self.fusion["lamb"], rho=self.fusion["rho"], seed=self.seed,
-                            callback=callback, progress=progress)
+                            valid_hw=sizes, callback=callback, progress=progress)
         fused = fused[:, 0].cpu().numpy()
         outputs = []
         for k, (src_a, src_b) in enumerate(pairs):

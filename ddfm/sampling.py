@@ -35,12 +35,12 @@ class Rectifier:
     After each call `state` holds the EM state and `fused` the EM output F (N,1,H,W).
     """
 
-    def __init__(self, variant, a, b, lamb=0.5, rho=0.001):
+    def __init__(self, variant, a, b, lamb=0.5, rho=0.001, valid_hw=None):
         self.src_i, self.src_v = em.em_sources(variant, ir=a, vis=b)
         self.step = em.EM_STEPS[variant]
         self.luma_in, self.luma_out = em.LUMA_IO[variant]
         self.lamb, self.rho = lamb, rho
-        self.state = em.init_em_state(a.shape, device=a.device, dtype=torch.float32)
+        self.state = em.init_em_state(a.shape, device=a.device, dtype=torch.float32, valid_hw=valid_hw)
         self.fused = None
 
     def __call__(self, x0, t):
@@ -53,10 +53,11 @@ class Rectifier:
 
 @torch.no_grad()
 def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.001, seed=3407,
-                generators=None, x_T=None, callback=None, progress=False):
+                generators=None, x_T=None, valid_hw=None, callback=None, progress=False):
     """Fuse a batch: returns the final sample's BT.601 luma (N,1,H,W), on the [-1,1] scale.
 
-    a, b: (N,1,H,W) float32 sources in [-1,1], H and W divisible by 32 for the ADM UNet.
+    a, b: (N,1,H,W) float32 sources in [-1,1], H and W divisible by 32 for the ADM UNet;
+    valid_hw: [(h, w)] of each image before bottom/right padding (the EM's means skip the padding).
     The sampler (DDIM eta / DDPM) comes from `diffusion`; EM runs at every step, the last included.
     callback(dict) receives i, t (original timestep), x (the new latent), model_output, pred_xstart,
     rectified, em_F and em_state.
@@ -66,7 +67,7 @@ def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.0
     if generators is None:
         generators = seeded_generators(seed, n)
     x = per_image_noise(generators, (3, h, w), device) if x_T is None else x_T.to(device)
-    rectify = Rectifier(variant, a, b, lamb, rho)
+    rectify = Rectifier(variant, a, b, lamb, rho, valid_hw)
     draw = needs_noise(diffusion)
     indices = list(range(diffusion.num_timesteps))[::-1]
     if progress:

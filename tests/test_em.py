@@ -316,3 +316,17 @@ def test_luma_io_pair_round_trip(variant):
     F = torch.zeros_like(f)
     target = (255 * F - 16) / 219 if variant == "official" else F
     assert _max_abs(rgb_to_luma(luma_out(x0, aux, F)), target) < 1e-6
+
+
+@pytest.mark.parametrize("step", [em_step_official, em_step_paper])
+def test_tau_updates_ignore_padding(step):
+    """With valid_hw, a padded image gets the tau of the unpadded one (the means skip the padding)."""
+    gen = torch.Generator().manual_seed(21)
+    I, V, f = (torch.rand(1, 1, 24, 40, generator=gen) * 2 - 1 for _ in range(3))
+    pad = lambda x: torch.nn.functional.pad(x, (0, 8, 0, 8), mode="reflect")  # noqa: E731
+    _, plain = step(f, I, V, init_em_state(I.shape))
+    _, masked = step(pad(f), pad(I), pad(V), init_em_state((1, 1, 32, 48), valid_hw=[(24, 40)]))
+    _, unmasked = step(pad(f), pad(I), pad(V), init_em_state((1, 1, 32, 48)))
+    assert torch.allclose(masked.tau_a, plain.tau_a, rtol=1e-5)
+    assert torch.allclose(masked.tau_b, plain.tau_b, rtol=1e-5)
+    assert not torch.allclose(unmasked.tau_a, plain.tau_a, rtol=1e-5)
