@@ -43,7 +43,7 @@ class Fuser:
         """The (H, W) the sampler works at for a source: padded or cropped to /32."""
         h, w = src.luma.shape
         if self.fusion["size"] == "crop":
-            return h - h % io.MULTIPLE, w - w % io.MULTIPLE
+            return io.cropped_size(h, w)
         ph, pw = io.pad_amounts(h, w)
         return h + ph, w + pw
 
@@ -54,8 +54,8 @@ class Fuser:
         return x[None, None].to(self.device)
 
     def _out_hw(self, src):
-        h, w = src.luma.shape
-        return (h - h % io.MULTIPLE, w - w % io.MULTIPLE) if self.fusion["size"] == "crop" else (h, w)
+        """The (H, W) of the written image: the source's, or the official crop's."""
+        return io.cropped_size(*src.luma.shape) if self.fusion["size"] == "crop" else src.luma.shape
 
     def _finish(self, grey_u8, src_a, src_b):
         """Recombine with a colour source's chroma when asked for; crop it like the output."""

@@ -188,10 +188,15 @@ def pad_reflect(image, multiple=MULTIPLE):
     return np.pad(image, ((0, ph), (0, pw)), mode="reflect") if (ph or pw) else image
 
 
+def cropped_size(h, w, multiple=MULTIPLE):
+    """The official size rule: H - H mod 32 by W - W mod 32."""
+    return h - h % multiple, w - w % multiple
+
+
 def crop_top_left(image, multiple=MULTIPLE):
-    """The official size rule: keep the top-left H - H mod 32 by W - W mod 32 of an (H,W[,3]) array."""
-    h, w = image.shape[:2]
-    return image[:h - h % multiple, :w - w % multiple]
+    """Keep the top-left cropped_size of an (H,W[,3]) array."""
+    h, w = cropped_size(*image.shape[:2], multiple)
+    return image[:h, :w]
 
 
 def luma_to_uint8(luma, normalize):

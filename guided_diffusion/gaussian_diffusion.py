@@ -193,7 +193,7 @@ class GaussianDiffusion:
         return model(x, self.scale_timesteps(t), **(model_kwargs or {}))
 
     def split_model_output(self, model_output, x, t, clip_denoised=True, denoised_fn=None,
-                           with_posterior=True):
+                           with_posterior=True, with_mean=True):
         """Interpret a raw network output as p(x_{t-1} | x_t) (original p_mean_variance minus the call).
 
         Returns dict(model_output, eps, pred_xstart, mean, variance, log_variance); pred_xstart is
@@ -201,6 +201,7 @@ class GaussianDiffusion:
         `eps` is the noise estimate implied by the unprocessed prediction.
         with_posterior=False skips mean and variance (None): DDIM never uses them, and at large
         image sizes they cost as much as the rest of the step outside the network.
+        with_mean=False skips only the mean: a rectified step recomputes it from its own x0.
         """
         n, c = x.shape[:2]
         if not with_posterior:
@@ -252,7 +253,8 @@ class GaussianDiffusion:
                 eps = model_output_mean
                 raw_xstart = self.predict_xstart_from_eps(x, t, eps)
             pred_xstart = process_xstart(raw_xstart)
-            mean = self.q_posterior_mean_variance(pred_xstart, x, t)[0] if with_posterior else None
+            wanted = with_posterior and with_mean
+            mean = self.q_posterior_mean_variance(pred_xstart, x, t)[0] if wanted else None
         return dict(model_output=model_output, eps=eps, pred_xstart=pred_xstart, mean=mean,
                     variance=variance, log_variance=log_variance)
 
@@ -303,7 +305,9 @@ class GaussianDiffusion:
         Returns dict(sample, pred_xstart, rectified_xstart, model_output, eps, mean, variance,
         log_variance); `mean` is the mean actually used.
         """
-        out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+        model_output = self.run_model(model, x, t, model_kwargs)
+        out = self.split_model_output(model_output, x, t, clip_denoised, denoised_fn,
+                                      with_mean=rectify_fn is None)
         rectified = out["pred_xstart"] if rectify_fn is None else rectify_fn(out["pred_xstart"], t)
         noise = draw_noise(x, noise, generator)
         # Without rectification the model's own mean is used (it differs for previous_x models).

@@ -23,26 +23,20 @@ def normalization(channels):
     return GroupNorm32(32, channels)
 
 
+def _by_dims(dims, layers):
+    if dims not in (1, 2, 3):
+        raise ValueError(f"unsupported dimensions: {dims}")
+    return layers[dims - 1]
+
+
 def conv_nd(dims, *args, **kwargs):
     """nn.Conv1d / Conv2d / Conv3d chosen by `dims`."""
-    if dims == 1:
-        return nn.Conv1d(*args, **kwargs)
-    if dims == 2:
-        return nn.Conv2d(*args, **kwargs)
-    if dims == 3:
-        return nn.Conv3d(*args, **kwargs)
-    raise ValueError(f"unsupported dimensions: {dims}")
+    return _by_dims(dims, (nn.Conv1d, nn.Conv2d, nn.Conv3d))(*args, **kwargs)
 
 
 def avg_pool_nd(dims, *args, **kwargs):
     """nn.AvgPool1d / 2d / 3d chosen by `dims`."""
-    if dims == 1:
-        return nn.AvgPool1d(*args, **kwargs)
-    if dims == 2:
-        return nn.AvgPool2d(*args, **kwargs)
-    if dims == 3:
-        return nn.AvgPool3d(*args, **kwargs)
-    raise ValueError(f"unsupported dimensions: {dims}")
+    return _by_dims(dims, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d))(*args, **kwargs)
 
 
 def zero_module(module):

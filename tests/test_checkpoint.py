@@ -265,8 +265,6 @@ def test_constants_match_the_golden_key_list(golden_dir):
 
 def test_size_constant_fits_an_all_float32_file():
     # 4 bytes per parameter plus a little zip/pickle overhead (well under 1 %).
-    if ckpt.EXPECTED_SIZE_BYTES is None:
-        pytest.skip("size not established")
     overhead = ckpt.EXPECTED_SIZE_BYTES - 4 * ckpt.EXPECTED_NUM_PARAMS
     assert 0 < overhead < 0.01 * ckpt.EXPECTED_SIZE_BYTES
 
