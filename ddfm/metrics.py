@@ -109,7 +109,7 @@ def mi(a, b, fused, protocol="reference"):
     _check_protocol(protocol)
     fl = _levels(fused)
     total = _mi_pair(_levels(a), fl) + _mi_pair(_levels(b), fl)
-    return total if protocol == "reference" else total / np.log(2.0)
+    return float(total if protocol == "reference" else total / np.log(2.0))
 
 
 def scd(a, b, fused):
@@ -229,8 +229,8 @@ def _vif_scale_terms(images, g):
     return num, den
 
 
-def vif(a, b, fused):
-    """VIF: VIFp(A, F) + VIFp(B, F), 4-scale pixel-domain VIF (Sheikh & Bovik). -> about [0, 2]."""
+def vifp_ratios(a, b, fused):
+    """(VIFp(A, F), VIFp(B, F)) as an array of 2, NaN where a source is flat at every scale."""
     if min(np.shape(fused)) < _VIF_MIN_SIZE:
         raise ValueError(f"VIF needs images of at least {_VIF_MIN_SIZE}x{_VIF_MIN_SIZE}")
     images = np.stack([np.asarray(x, dtype=np.float64) for x in (a, b, fused)])
@@ -245,7 +245,12 @@ def vif(a, b, fused):
         num += terms[0]
         den += terms[1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = num / den
+        return num / den
+
+
+def vif(a, b, fused):
+    """VIF: VIFp(A, F) + VIFp(B, F), 4-scale pixel-domain VIF (Sheikh & Bovik). -> about [0, 2]."""
+    ratios = vifp_ratios(a, b, fused)
     ratios = np.where(np.isnan(ratios), 1.0, ratios)  # the reference maps a NaN VIFp to 1
     return float(ratios[0] + ratios[1])
 
