@@ -1,42 +1,73 @@
-"""Score folders of fused images with the field's fusion metrics (CDDFuse's evaluator protocol).
+"""Score folders of fused images with the field's fusion metrics, in one or more evaluation dialects.
 
     python evaluate.py --ir DIR --vi DIR --fused DIR [--fused name=DIR ...]
-                       [--protocol reference|corrected] [--json OUT] [--csv OUT] [--metrics EN,SD,...]
+                       [--protocol reference|cddfuse|corrected|tang|all ...] [--metrics EN,SD,...]
+                       [--allow-missing] [--json OUT] [--csv OUT] [--digits N]
 
---a/--b are aliases of --ir/--vi (e.g. --a CT --b MRI). Exit status: 0 ok, 1 evaluation error
-(missing folder or files, size mismatch, unreadable image), 2 bad arguments.
+--a/--b are aliases of --ir/--vi (e.g. --a CT --b MRI). --protocol may be repeated; `all` is every
+protocol; one table is printed per protocol. A sample.py save folder (recon/ inside) is scored
+through its recon/. Exit status: 0 ok, 1 evaluation error (missing folder or files, size mismatch,
+unreadable image, unwritable output), 2 bad arguments (usage, unknown protocol or metric, clashing
+method names).
 """
 import argparse
 import sys
 from pathlib import Path
 
-from ddfm.evaluation import EvaluationError, evaluate_folders, format_table, write_csv, write_json
-from ddfm.metrics import METRICS, PROTOCOLS
+from ddfm.evaluation import (EvaluationError, UsageError, evaluate_protocols, format_table, list_images,
+                             write_csv, write_json)
+from ddfm.metrics import ALL_PROTOCOLS, PROTOCOL_ALIASES
+
+SAVE_FOLDER_IMAGES = "recon"  # where sample.py writes its fused images inside --save_dir
 
 
-def _parse_fused(values):
-    """['DIR', 'name=DIR', ...] -> {name: DIR}; an unnamed folder is named after itself."""
-    fused = {}
+def _resolve_folder(folder, note):
+    """A folder without images but with a recon/ inside (a sample.py save folder) -> its recon/."""
+    path = Path(folder)
+    inner = path / SAVE_FOLDER_IMAGES
+    if path.is_dir() and inner.is_dir() and not list_images(path):
+        note(f"{folder} is a sample.py save folder: scoring its {SAVE_FOLDER_IMAGES}/")
+        return inner
+    return path
+
+
+def _auto_name(path):
+    """A method named after its folder; 'recon' says nothing, so out/a/recon is named 'a'."""
+    path = Path(path)
+    if path.name == SAVE_FOLDER_IMAGES and path.parent.name not in ("", ".", ".."):
+        return path.parent.name
+    return path.name or str(path)
+
+
+def _parse_fused(values, note=lambda message: None):
+    """['DIR', 'name=DIR', ...] -> {name: folder}; unnamed folders are named after themselves.
+
+    Auto names that clash (two folders named alike) fall back to the folder as typed; a clash
+    that remains is a UsageError.
+    """
+    entries = []
     for value in values:
         name, sep, folder = value.partition("=")
         if not sep or not name or "/" in name or "\\" in name:
-            name, folder = Path(value).name or value, value
+            name, folder = None, value
+        entries.append((name, _resolve_folder(folder, note), value))
+    autos = [_auto_name(path) for name, path, _ in entries if name is None]
+    fused = {}
+    for name, path, typed in entries:
+        if name is None:
+            name = _auto_name(path)
+            if autos.count(name) > 1:
+                name = str(Path(typed.rstrip("/\\"))) or typed
         if name in fused:
-            raise EvaluationError(f"method name '{name}' given twice; use --fused name=DIR")
-        fused[name] = folder
+            raise UsageError(f"method name '{name}' given twice; use --fused name=DIR")
+        fused[name] = path
     return fused
 
 
 def _parse_metrics(text):
     if text is None:
         return None
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    by_lower = {m.lower(): m for m in METRICS}
-    unknown = [m for m in names if m.lower() not in by_lower]
-    if unknown or not names:
-        raise EvaluationError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; "
-                              f"choose from {','.join(METRICS)}")
-    return [by_lower[m.lower()] for m in names]
+    return [m.strip() for m in text.split(",")]  # checked per protocol by select_metrics
 
 
 def _digits(text):
@@ -55,10 +86,16 @@ def build_parser():
     parser.add_argument("--ir", "--a", dest="a", required=True, help="first source folder (IR / CT)")
     parser.add_argument("--vi", "--b", dest="b", required=True, help="second source folder (VIS / MRI)")
     parser.add_argument("--fused", action="append", required=True, metavar="[NAME=]DIR",
-                        help="folder of fused images; repeat for several methods")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="reference",
-                        help="reference: CDDFuse's evaluator exactly (default); corrected: textbook")
-    parser.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)}")
+                        help="folder of fused images (or a sample.py save folder); repeat for "
+                             "several methods")
+    parser.add_argument("--protocol", action="append",
+                        choices=ALL_PROTOCOLS + tuple(PROTOCOL_ALIASES) + ("all",),
+                        help="reference (= cddfuse): CDDFuse's evaluator exactly (default); corrected: "
+                             "textbook; tang: the MATLAB toolkit; all: every one. Repeatable")
+    parser.add_argument("--metrics", help="comma-separated subset, e.g. EN,MI,SSIM (tang adds Nabf, "
+                                          "MS_SSIM, Nabf_fused_first)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score the fused images that exist and list the missing ones")
     parser.add_argument("--json", type=Path, help="write per-image and mean values as JSON")
     parser.add_argument("--csv", type=Path, help="write per-image and mean values as CSV")
     parser.add_argument("--digits", type=_digits, default=4, help="decimals in the printed table (>= 0)")
@@ -71,18 +108,23 @@ def main(argv=None):
     def warn(message):
         print(f"warning: {message}", file=sys.stderr)
 
+    def note(message):
+        print(f"note: {message}", file=sys.stderr)
+
     try:
-        result = evaluate_folders(args.a, args.b, _parse_fused(args.fused), protocol=args.protocol,
-                                  metrics=_parse_metrics(args.metrics), warn=warn)
-        print(format_table(result, digits=args.digits))
+        results = evaluate_protocols(args.a, args.b, _parse_fused(args.fused, note),
+                                     protocols=args.protocol or ["reference"],
+                                     metrics=_parse_metrics(args.metrics), warn=warn,
+                                     allow_missing=args.allow_missing)
+        print("\n\n".join(format_table(result, digits=args.digits) for result in results))
         if args.json:
-            write_json(result, args.json)
+            write_json(results, args.json)
         if args.csv:
-            write_csv(result, args.csv)
-    except EvaluationError as exc:
+            write_csv(results, args.csv)
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # e.g. the output file cannot be written
+        return 2
+    except (EvaluationError, OSError) as exc:  # OSError: e.g. the output file cannot be written
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

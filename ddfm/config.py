@@ -34,6 +34,7 @@ FUSION_DEFAULTS = {
     "record": False,
     "prior": "auto",
     "evaluate": False,
+    "eval_protocol": "reference",
     "device": "auto",
     "dtype": "fp32",
     "batch_size": 1,
@@ -47,6 +48,8 @@ FUSION_CHOICES = {
     "normalize": ("minmax", "clip"),
     "prior": ("auto", "adm", "none"),
     "dtype": ("fp32", "fp16", "bf16"),
+    # ddfm.metrics.ALL_PROTOCOLS, its alias and "all" (not imported: configs load without SciPy)
+    "eval_protocol": ("reference", "cddfuse", "corrected", "tang", "all"),
 }
 BOOL_KEYS = ("record", "evaluate", "channels_last", "compile")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")

@@ -1,13 +1,16 @@
 """Dataset evaluation: score folders of fused images against their source pairs.
 
 Pairs are matched by file stem across the two source folders (a, b) and each fused folder; any of
-the extensions in ``IMAGE_EXTENSIONS`` is accepted. Every image is read with ``read_luma`` (rounded
-BT.601 luma of 8-bit RGB), so colour fused images are scored on their luma. A fused image smaller
-than its sources (DDFM crops its inputs top-left to a multiple of 32) is scored against the sources
-cropped top-left to its size, with a warning. The dataset score is the arithmetic mean over pairs.
+the extensions in ``IMAGE_EXTENSIONS`` is accepted. Every image is decoded once (``decode_rgb8``)
+and converted to the grey image each protocol's evaluator sees: the rounded BT.601 luma for
+reference/corrected (as ``read_luma``), MATLAB's ``rgb2gray`` for tang; grey files are taken as
+they are. A fused image smaller than its sources (DDFM crops its inputs top-left to a multiple of
+32) is scored against the sources cropped top-left to its size, with a warning. The dataset score
+is the arithmetic mean over the pairs a method has (all of them unless ``allow_missing``).
 
-Result layout (also the JSON file): {"protocol": str, "methods": {name: {"mean": {metric: value},
-"per_image": {stem: {metric: value}}}}}.
+Result layout, one per protocol (also the JSON file of one protocol; several are written as
+{"protocols": [result, ...]}): {"protocol": str, "methods": {name: {"mean": {metric: value},
+"per_image": {stem: {metric: value}}, "missing": [stem, ...]}}}.
 """
 import csv
 import json
@@ -15,14 +18,20 @@ import math
 import warnings
 from pathlib import Path
 
+from PIL import Image
 from scipy import fft
 
-from ddfm.metrics import METRICS, PROTOCOLS, compute_metrics
-from ddfm.metrics_io import IMAGE_EXTENSIONS, read_luma
+from ddfm.metrics import ALL_PROTOCOLS, canonical_protocol, compute_metrics, protocol_metrics
+from ddfm.metrics_io import IMAGE_EXTENSIONS, decode_rgb8, luma_from_rgb8
+from ddfm.metrics_tang import matlab_grey_from_rgb8
 
 
 class EvaluationError(Exception):
     """A problem with the input folders or files; the message is one line naming the culprit."""
+
+
+class UsageError(EvaluationError):
+    """A bad argument (unknown protocol or metric, clashing method names): exit status 2."""
 
 
 def _shape(img):
@@ -63,24 +72,33 @@ def match_sources(a_dir, b_dir):
     return {stem: (a_files[stem], b_files[stem]) for stem in a_files}
 
 
-def _read(path):
+def _decode(path):
+    """The file's 8-bit pixels (HxWx3 RGB or HxW grey), decoded once for every protocol."""
     try:
-        return read_luma(path)
+        with Image.open(Path(path)) as img:
+            return decode_rgb8(img)
     except Exception as exc:  # PIL raises several types; the user needs the file name either way
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise EvaluationError(f"cannot read image {path}: {reason}") from None
 
 
+def _grey(pixels, protocol):
+    """The grey image a protocol's evaluator sees: rounded BT.601 luma, or MATLAB's rgb2gray."""
+    if protocol == "tang":
+        return matlab_grey_from_rgb8(pixels)
+    return luma_from_rgb8(pixels)
+
+
 def _fit_sources(stem, a, b, fused):
     """Sources cropped top-left to the fused size; None when no crop was needed."""
-    if a.shape != b.shape:
+    if a.shape[:2] != b.shape[:2]:
         raise EvaluationError(f"size mismatch in pair '{stem}': a {_shape(a)} vs b {_shape(b)}")
-    if fused.shape == a.shape:
+    if fused.shape[:2] == a.shape[:2]:
         return None
     if fused.shape[0] > a.shape[0] or fused.shape[1] > a.shape[1]:
         raise EvaluationError(f"size mismatch in pair '{stem}': sources {_shape(a)}, "
                               f"fused {_shape(fused)} is larger")
-    h, w = fused.shape
+    h, w = fused.shape[:2]
     return a[:h, :w], b[:h, :w]
 
 
@@ -88,101 +106,198 @@ def _mean(rows, names):
     return {m: math.fsum(row[m] for row in rows) / len(rows) for m in names}
 
 
-def evaluate_folders(a_dir, b_dir, fused_dirs, protocol="reference", metrics=None, warn=None):
-    """Score each fused folder against the (a, b) source folders -> result dict (see module doc).
+def expand_protocols(names):
+    """Protocol names as typed (aliases, "all", repeats) -> canonical names, each once, in order."""
+    out = []
+    for name in names:
+        try:
+            expanded = ALL_PROTOCOLS if name == "all" else (canonical_protocol(name),)
+        except ValueError:
+            raise UsageError(f"unknown protocol '{name}'; choose from "
+                             f"{', '.join(ALL_PROTOCOLS)}, cddfuse (= reference), all") from None
+        out += [p for p in expanded if p not in out]
+    if not out:
+        raise UsageError("no protocol given")
+    return out
 
-    ``fused_dirs`` is {method name: folder} (a single folder is named after itself); ``metrics``
-    a subset of METRICS (default all); ``warn`` receives one-line warnings (default:
-    ``warnings.warn``). Raises EvaluationError with a one-line message on bad input.
+
+def select_metrics(protocols, metrics=None):
+    """{protocol: [metric names]}: each protocol's own list, or the requested names it knows.
+
+    Names are matched case-insensitively; a name no chosen protocol computes, or a protocol left
+    with none of the requested names, is a UsageError.
     """
-    warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
-    if isinstance(fused_dirs, (str, Path)):
-        fused_dirs = {Path(fused_dirs).name: fused_dirs}
-    if protocol not in PROTOCOLS:
-        raise EvaluationError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
-    names = list(METRICS if metrics is None else metrics)
-    unknown = [m for m in names if m not in METRICS]
-    if unknown or not names:
-        raise EvaluationError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; "
-                              f"choose from {', '.join(METRICS)}")
-    names = [m for m in METRICS if m in names]
-    sources = match_sources(a_dir, b_dir)
+    if metrics is None:
+        return {p: list(protocol_metrics(p)) for p in protocols}
+    known = {p: protocol_metrics(p, extras=True) for p in protocols}
+    by_lower = {m.lower(): m for p in protocols for m in known[p]}
+    wanted = [str(m).strip() for m in metrics if str(m).strip()]
+    unknown = [m for m in wanted if m.lower() not in by_lower]
+    if unknown or not wanted:
+        raise UsageError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{','.join(dict.fromkeys(m for p in protocols for m in known[p]))}")
+    wanted = {by_lower[m.lower()] for m in wanted}
+    chosen = {p: [m for m in known[p] if m in wanted] for p in protocols}
+    for p, names in chosen.items():
+        if not names:
+            raise UsageError(f"protocol {p} computes none of {', '.join(sorted(wanted))}")
+    return chosen
 
-    fused_files = {}
+
+def _fused_files(fused_dirs, sources, allow_missing, warn):
+    """{method: {stem: path}} of the fused images that have a source pair; {method: [missing]}."""
+    fused_files, missing = {}, {}
     for method, folder in fused_dirs.items():
         files = list_images(folder)
-        missing = [stem for stem in sources if stem not in files]
-        if missing:
-            raise EvaluationError(f"method '{method}': {len(missing)} of {len(sources)} fused images "
-                                  f"missing in {folder}: {_preview(missing)}")
+        if not files:
+            subfolders = sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
+            raise EvaluationError(f"method '{method}': no images in {folder}" + (
+                f"; it has the sub-folder(s) {_preview(subfolders, 5)}: point at the one holding "
+                f"the fused images" if subfolders else ""))
+        absent = [stem for stem in sources if stem not in files]
+        count = f"{len(absent)} of {len(sources)} fused images missing in {folder}"
+        if absent and (not allow_missing or len(absent) == len(sources)):
+            hint = "" if allow_missing else " (use --allow-missing to score the others)"
+            raise EvaluationError(f"method '{method}': {count}: {_preview(absent)}{hint}")
+        if absent:
+            warn(f"method '{method}': {count}, scored the other {len(sources) - len(absent)}: "
+                 f"{_preview(absent)}")
         extra = [stem for stem in files if stem not in sources]
         if extra:
             warn(f"method '{method}': ignoring {len(extra)} fused image(s) without a source pair: "
                  f"{_preview(extra)}")
-        fused_files[method] = files
+        fused_files[method] = {stem: path for stem, path in files.items() if stem in sources}
+        missing[method] = absent
+    return fused_files, missing
 
-    per_image = {method: {} for method in fused_dirs}
+
+def evaluate_protocols(a_dir, b_dir, fused_dirs, protocols=("reference",), metrics=None, warn=None,
+                       allow_missing=False):
+    """Score each fused folder against the (a, b) source folders -> one result dict per protocol.
+
+    ``fused_dirs`` is {method name: folder} (a single folder is named after itself); ``protocols``
+    names as expand_protocols takes them; ``metrics`` a subset of names (default: each protocol's
+    own list); ``warn`` receives one-line warnings (default ``warnings.warn``); with
+    ``allow_missing`` a method is scored on the images it has and the others are listed under
+    "missing". Every image is read once and converted to each protocol's grey. Raises
+    EvaluationError (UsageError for bad arguments) with a one-line message.
+    """
+    warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
+    if isinstance(fused_dirs, (str, Path)):
+        fused_dirs = {Path(fused_dirs).name: fused_dirs}
+    protocols = expand_protocols([protocols] if isinstance(protocols, str) else protocols)
+    names = select_metrics(protocols, metrics)
+    sources = match_sources(a_dir, b_dir)
+    fused_files, missing = _fused_files(fused_dirs, sources, allow_missing, warn)
+
+    per_image = {p: {method: {} for method in fused_dirs} for p in protocols}
     cropped = {method: [] for method in fused_dirs}
     with fft.set_workers(-1):  # the FFT filtering in VIF/SSIM may use every core
         for stem, (a_path, b_path) in sources.items():
-            a, b = _read(a_path), _read(b_path)  # read once, shared by every method
+            a, b = _decode(a_path), _decode(b_path)  # read once, shared by every method
             for method, files in fused_files.items():
-                fused = _read(files[stem])
+                if stem not in files:
+                    continue
+                fused = _decode(files[stem])
                 fitted = _fit_sources(stem, a, b, fused)
                 if fitted is not None:
                     cropped[method].append(f"{stem} {_shape(a)}->{_shape(fused)}")
                 sa, sb = fitted or (a, b)
-                try:
-                    per_image[method][stem] = compute_metrics(sa, sb, fused, protocol=protocol,
-                                                              metrics=names)
-                except ValueError as exc:  # e.g. an image too small for VIF's 4 scales
-                    raise EvaluationError(f"pair '{stem}' (method '{method}'): {exc}") from None
+                for p in protocols:
+                    grey = [_grey(x, p) for x in (sa, sb, fused)]
+                    try:
+                        per_image[p][method][stem] = compute_metrics(*grey, protocol=p, metrics=names[p])
+                    except ValueError as exc:  # e.g. an image too small for VIF's 4 scales
+                        raise EvaluationError(f"pair '{stem}' (method '{method}'): {exc}") from None
 
     for method, crops in cropped.items():
         if crops:
             warn(f"method '{method}': {len(crops)} fused image(s) smaller than their sources; "
                  f"sources cropped top-left to match: {_preview(crops, 5)}")
-    return {
-        "protocol": protocol,
-        "methods": {
-            method: {"mean": _mean(list(rows.values()), names), "per_image": rows}
-            for method, rows in per_image.items()
-        },
-    }
+    return [{"protocol": p, "methods": {
+        method: {"mean": _mean(list(rows.values()), names[p]), "per_image": rows,
+                 "missing": missing[method]}
+        for method, rows in per_image[p].items()}} for p in protocols]
 
 
-def _metric_names(result):
-    first = next(iter(result["methods"].values()))
-    return list(first["mean"])
+def evaluate_folders(a_dir, b_dir, fused_dirs, protocol="reference", metrics=None, warn=None,
+                     allow_missing=False):
+    """One protocol's result dict (see the module doc); arguments as evaluate_protocols."""
+    return evaluate_protocols(a_dir, b_dir, fused_dirs, [protocol], metrics, warn, allow_missing)[0]
+
+
+def _as_list(results):
+    return [results] if isinstance(results, dict) else list(results)
+
+
+def _metric_names(results):
+    """Metric names in order of first appearance over the results' protocols."""
+    names = {}
+    for result in _as_list(results):
+        names.update(dict.fromkeys(next(iter(result["methods"].values()))["mean"]))
+    return list(names)
+
+
+def _plural(count, word):
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def format_table(result, digits=4):
-    """Plain-text table: one row per method, one column per metric (dataset means), with protocol."""
+    """Plain-text table: one row per method, one column per metric (dataset means), with protocol.
+
+    When a method lacks images (allow_missing), its means are over the pairs it has: column n.
+    """
     names = _metric_names(result)
     methods = list(result["methods"])
-    pairs = len(result["methods"][methods[0]]["per_image"])
+    counts = [len(result["methods"][m]["per_image"]) for m in methods]
+    partial = any(result["methods"][m].get("missing") for m in methods)
     cells = [[f"{result['methods'][m]['mean'][n]:.{digits}f}" for n in names] for m in methods]
+    if partial:
+        names = ["n"] + names
+        cells = [[str(c)] + row for c, row in zip(counts, cells)]
+        over = "over the pairs each method has: n"
+    else:
+        over = f"over {_plural(counts[0], 'pair')}"
     name_w = max(len("method"), *(len(m) for m in methods))
     col_w = [max(len(n), *(len(row[i]) for row in cells)) for i, n in enumerate(names)]
-    lines = [f"protocol: {result['protocol']}  (dataset mean over {pairs} pairs)"]
+    lines = [f"protocol: {result['protocol']}  (dataset mean {over})"]
     lines.append("  ".join(["method".ljust(name_w)] + [n.rjust(w) for n, w in zip(names, col_w)]))
     for method, row in zip(methods, cells):
         lines.append("  ".join([method.ljust(name_w)] + [c.rjust(w) for c, w in zip(row, col_w)]))
     return "\n".join(lines)
 
 
-def write_json(result, path):
-    """Write the result dict as JSON (the layout of the module doc)."""
-    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+def _plain(value):
+    """Every number written as a plain float (never a NumPy scalar's repr)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    return float(value)
 
 
-def write_csv(result, path):
-    """CSV: protocol, method, image, metrics...; one row per (method, image) and a 'mean' row each."""
-    names = _metric_names(result)
+def write_json(results, path):
+    """One result as the module doc's layout; several as {"protocols": [result, ...]}."""
+    results = _as_list(results)
+    data = results[0] if len(results) == 1 else {"protocols": results}
+    Path(path).write_text(json.dumps(_plain(data), indent=2) + "\n")
+
+
+def write_csv(results, path):
+    """CSV: protocol, method, image, metrics...; one row per (protocol, method, image) and a 'mean'
+    row per method. A metric a protocol does not compute is left empty."""
+    names = _metric_names(results)
+
+    def cells(row):
+        return [repr(float(row[n])) if n in row else "" for n in names]
+
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["protocol", "method", "image"] + names)
-        for method, data in result["methods"].items():
-            for stem, row in data["per_image"].items():
-                writer.writerow([result["protocol"], method, stem] + [repr(row[n]) for n in names])
-            writer.writerow([result["protocol"], method, "mean"] + [repr(data["mean"][n]) for n in names])
+        for result in _as_list(results):
+            for method, data in result["methods"].items():
+                for stem, row in data["per_image"].items():
+                    writer.writerow([result["protocol"], method, stem] + cells(row))
+                writer.writerow([result["protocol"], method, "mean"] + cells(data["mean"]))

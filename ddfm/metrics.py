@@ -1,4 +1,4 @@
-"""Image-fusion metrics (EN SD SF MI SCD VIF Qabf SSIM + AG CC PSNR MSE) under two protocols.
+"""Image-fusion metrics (EN SD SF MI SCD VIF Qabf SSIM + AG CC PSNR MSE) under three protocols.
 
 Inputs are float arrays of whole grey levels in [0, 255], all of one shape HxW: ``a`` and ``b`` are
 the two sources (any modalities; IVF: a = infrared, b = visible; MIF: a = CT/PET/SPECT, b = MRI) and
@@ -25,6 +25,9 @@ over both sources) but uses the textbook conventions where the reference deviate
   - Qabf: Sobel with edge replication (no artificial frame) and G = 1 where gX == gF;
   - PSNR with the 8-bit peak 255; MSE in float64.
 EN, SD, SF, SCD, VIF (multi-scale pixel VIF, sigma_n^2 = 2), AG and CC are identical in both.
+Protocol ``tang`` is the MATLAB toolkit many IVIF papers use (Linfeng-Tang/Evaluation-for-Image-
+Fusion); its definitions, names and quirks are in ``ddfm.metrics_tang``. ``cddfuse`` is an alias
+of ``reference``.
 """
 import numpy as np
 from scipy import fft as _fft
@@ -33,7 +36,10 @@ from scipy import ndimage
 from ddfm.metrics_io import read_luma  # noqa: F401  (part of this module's public API)
 
 METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG", "CC", "PSNR", "MSE")
-PROTOCOLS = ("reference", "corrected")
+PROTOCOLS = ("reference", "corrected")  # computed in this module
+# tang: the MATLAB toolkit's dialect, in ddfm.metrics_tang (imported when first used).
+ALL_PROTOCOLS = PROTOCOLS + ("tang",)
+PROTOCOL_ALIASES = {"cddfuse": "reference"}
 
 # Xydeas-Petrovic sigmoid constants (strength g, orientation alpha).
 _QG, _KG, _SG = 0.9994, -15.0, 0.5
@@ -46,6 +52,23 @@ _VIF_MIN_SIZE = 41  # smallest side that leaves a non-empty map at all 4 scales
 def _check_protocol(protocol):
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def canonical_protocol(name):
+    """'cddfuse' -> 'reference'; any other known protocol as it is; ValueError otherwise."""
+    protocol = PROTOCOL_ALIASES.get(name, name)
+    if protocol not in ALL_PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; expected one of "
+                         f"{', '.join(ALL_PROTOCOLS + tuple(PROTOCOL_ALIASES))}")
+    return protocol
+
+
+def protocol_metrics(protocol, extras=False):
+    """The metric names a protocol computes by default (with ``extras``: also on request)."""
+    if canonical_protocol(protocol) == "tang":
+        from ddfm.metrics_tang import TANG_EXTRA, TANG_METRICS
+        return TANG_METRICS + (TANG_EXTRA if extras else ())
+    return METRICS
 
 
 def _levels(img):
@@ -385,15 +408,22 @@ _BY_PROTOCOL = {"MI": mi, "Qabf": qabf, "SSIM": ssim, "PSNR": psnr, "MSE": mse}
 
 
 def compute_metrics(a, b, fused, protocol="reference", metrics=None):
-    """Metrics of one (A, B, F) triple of HxW grey-level arrays -> {name: float} in METRICS order."""
-    _check_protocol(protocol)
+    """Metrics of one (A, B, F) triple of HxW grey-level arrays -> {name: float} in METRICS order.
+
+    ``protocol``: reference (alias cddfuse), corrected, or tang (ddfm.metrics_tang: its metric
+    names, e.g. Nabf and MS_SSIM, and its grey conversion for files, matlab_grey_from_rgb8).
+    """
+    protocol = canonical_protocol(protocol)
+    a, b, fused = (np.asarray(x, dtype=np.float64) for x in (a, b, fused))
+    if a.ndim != 2 or not (a.shape == b.shape == fused.shape):
+        raise ValueError(f"need three 2-D arrays of one shape, got {a.shape}, {b.shape}, {fused.shape}")
+    if protocol == "tang":
+        from ddfm.metrics_tang import compute_tang_metrics
+        return compute_tang_metrics(a, b, fused, metrics=metrics)
     names = METRICS if metrics is None else tuple(metrics)
     unknown = [m for m in names if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; expected names from {METRICS}")
-    a, b, fused = (np.asarray(x, dtype=np.float64) for x in (a, b, fused))
-    if a.ndim != 2 or not (a.shape == b.shape == fused.shape):
-        raise ValueError(f"need three 2-D arrays of one shape, got {a.shape}, {b.shape}, {fused.shape}")
     out = {}
     for name in METRICS:
         if name not in names:
@@ -404,4 +434,5 @@ def compute_metrics(a, b, fused, protocol="reference", metrics=None):
             out[name] = _PAIRED[name](a, b, fused)
         else:
             out[name] = _BY_PROTOCOL[name](a, b, fused, protocol)
+        out[name] = float(out[name])  # plain floats, never NumPy scalars, in every output file
     return out

@@ -158,12 +158,21 @@ def ssim(a, b, fused):
 
 
 def _valid(stack, weights):
-    """'valid' separable correlation of each slice with weights x weights."""
-    n = weights.size
-    out = ndimage.correlate1d(stack, weights, axis=-1, mode="constant")
-    out = ndimage.correlate1d(out, weights, axis=-2, mode="constant")
-    lo, hi = n // 2, n - 1 - n // 2
-    return out[..., lo:out.shape[-2] - hi, lo:out.shape[-1] - hi]
+    """'valid' separable correlation of each slice with weights x weights (odd length)."""
+    half = weights.size // 2
+    out = ndimage.correlate1d(stack, weights, axis=-1, mode="constant")[..., half:-half]
+    return ndimage.correlate1d(out, weights, axis=-2, mode="constant")[..., half:-half, :]
+
+
+def _box_sums(stack, n):
+    """'valid' n x n window sums of each slice from an integral image.
+
+    Exact here: the first scale holds whole numbers and each halving adds two binary digits, so
+    every partial sum is representable in float64.
+    """
+    c = np.zeros(stack.shape[:-2] + (stack.shape[-2] + 1, stack.shape[-1] + 1))
+    np.cumsum(np.cumsum(stack, axis=-1), axis=-2, out=c[..., 1:, 1:])
+    return c[..., n:, n:] - c[..., :-n, n:] - c[..., n:, :-n] + c[..., :-n, :-n]
 
 
 def _mef_ssim_scale(x1, x2, f):
@@ -177,7 +186,7 @@ def _mef_ssim_scale(x1, x2, f):
     filterings of products.
     """
     n = _MEF_WINDOW * _MEF_WINDOW
-    box = _valid(np.stack([x1, x2, x1 * x1, x2 * x2, x1 * x2]), np.ones(_MEF_WINDOW))
+    box = _box_sums(np.stack([x1, x2, x1 * x1, x2 * x2, x1 * x2]), _MEF_WINDOW)
     # n * variance from exact box sums (whole numbers at the first scale).
     nvar1 = np.maximum(box[2] - box[0] * box[0] / n, 0.0)
     nvar2 = np.maximum(box[3] - box[1] * box[1] / n, 0.0)

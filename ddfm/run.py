@@ -208,16 +208,17 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
 
 
 def evaluate_run(config, save_dir, method="DDFM", log=print):
-    """The metrics table of a finished run (reference protocol); also saved as metrics.json."""
-    from ddfm.evaluation import EvaluationError, evaluate_folders, format_table, write_json
+    """The metrics tables of a finished run (protocol(s): eval_protocol); also saved as metrics.json."""
+    from ddfm.evaluation import EvaluationError, evaluate_protocols, format_table, write_json
 
     root = Path(config.fusion["input_dir"])
     first, second = config.fusion["modalities"]
     try:
-        result = evaluate_folders(root / first, root / second, {method: Path(save_dir) / "recon"},
-                                  warn=lambda message: log(f"warning: {message}"))
+        results = evaluate_protocols(root / first, root / second, {method: Path(save_dir) / "recon"},
+                                     protocols=[config.fusion.get("eval_protocol", "reference")],
+                                     warn=lambda message: log(f"warning: {message}"), allow_missing=True)
     except EvaluationError as err:
         log(f"evaluation skipped: {err}")
         return ""
-    write_json(result, Path(save_dir) / "metrics.json")
-    return format_table(result)
+    write_json(results, Path(save_dir) / "metrics.json")
+    return "\n\n".join(format_table(result) for result in results)
