@@ -187,3 +187,143 @@ def test_negative_digits_is_an_argument_error(dataset, capsys):
     assert "--digits: expected a whole number >= 0, got -1" in capsys.readouterr().err
     code, out, err = _run(capsys, *args, "--digits", "0")
     assert code == 0 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- several protocols (issue 11)
+
+
+def test_protocol_all_prints_one_table_each_and_stores_all(dataset, capsys):
+    out_json, out_csv = dataset / "all.json", dataset / "all.csv"
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean",
+                          "--protocol", "all", "--json", out_json, "--csv", out_csv)
+    assert code == 0, err
+    headers = [line for line in out.splitlines() if line.startswith("protocol:")]
+    assert [h.split()[1] for h in headers] == ["reference", "corrected", "tang"]
+    saved = json.loads(out_json.read_text())
+    assert [r["protocol"] for r in saved["protocols"]] == ["reference", "corrected", "tang"]
+    tang = saved["protocols"][2]["methods"]["mean"]
+    assert "Nabf" in tang["mean"] and "MS_SSIM" in tang["mean"]
+    assert tang["per_image"]["02"] == pytest.approx(_expected(dataset, "mean", "02", protocol="tang"), abs=1e-12)
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["protocol"] for r in rows] == ["reference"] * 4 + ["corrected"] * 4 + ["tang"] * 4
+    assert rows[0]["Nabf"] == "" and float(rows[-1]["Nabf"]) == pytest.approx(tang["mean"]["Nabf"])
+
+
+def test_repeated_protocols_and_alias(dataset, capsys):
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean",
+                          "--protocol", "cddfuse", "--protocol", "tang", "--protocol", "reference",
+                          "--metrics", "MI,SSIM,Nabf", "--json", dataset / "two.json")
+    assert code == 0, err
+    saved = json.loads((dataset / "two.json").read_text())["protocols"]
+    assert [r["protocol"] for r in saved] == ["reference", "tang"]  # cddfuse is reference: once
+    assert list(saved[0]["methods"]["mean"]["mean"]) == ["MI", "SSIM"]  # Nabf is tang's only
+    assert list(saved[1]["methods"]["mean"]["mean"]) == ["MI", "SSIM", "Nabf"]
+
+
+def test_sample_evaluate_true_with_eval_protocol(tmp_path, capsys):
+    import sample
+    from helpers import make_dataset, random_pair
+
+    make_dataset(tmp_path / "in", {"e1": random_pair(11, 48, 48)})
+    assert sample.main(["--input_dir", str(tmp_path / "in"), "--save_dir", str(tmp_path / "out"), "--quiet",
+                        "prior=none", "evaluate=true", "eval_protocol=tang"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol: tang" in out and "MS_SSIM" in out
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["protocol"] == "tang" and set(saved["methods"]["prior-free"]["per_image"]) == {"e1"}
+    assert sample.main(["--input_dir", str(tmp_path / "in"), "--save_dir", str(tmp_path / "out"), "--quiet",
+                        "prior=none", "evaluate=true", "eval_protocol=matlab"]) == 2
+
+
+# ---------------------------------------------------------------- messages (issue 10, item 5)
+
+
+def test_save_folder_is_scored_through_its_recon(dataset, capsys):
+    save = dataset / "run1"
+    (save / "recon").mkdir(parents=True)
+    for stem in STEMS:
+        (save / "recon" / f"{stem}.png").write_bytes((dataset / "mean" / f"{stem}.png").read_bytes())
+    (save / "run.json").write_text("{}")
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", save)
+    assert code == 0, err
+    assert err.count("\n") == 1 and "sample.py save folder" in err and "recon/" in err
+    assert out.splitlines()[2].split()[0] == "run1"  # named after the save folder, not 'recon'
+    # a folder with neither images nor recon/ says where to point
+    (dataset / "empty" / "sub").mkdir(parents=True)
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "empty")
+    assert code == 1 and err.count("\n") == 1 and "no images" in err and "sub" in err
+
+
+def test_several_recon_folders_get_distinct_names(dataset, capsys):
+    for run, source in (("a", "mean"), ("b", "max")):
+        (dataset / "out" / run / "recon").mkdir(parents=True)
+        for path in (dataset / source).iterdir():
+            (dataset / "out" / run / "recon" / path.name).write_bytes(path.read_bytes())
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi",
+                          "--fused", dataset / "out" / "a" / "recon", "--fused", dataset / "out" / "b")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["a", "b"]
+
+
+def test_table_header_grammar(dataset, capsys):
+    for stem in STEMS[1:]:
+        for folder in ("ir", "vi", "mean"):
+            (dataset / folder / f"{stem}.png").unlink()
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean")
+    assert code == 0, err
+    assert "(dataset mean over 1 pair)" in out.splitlines()[0]
+
+
+def test_allow_missing_scores_the_images_present(dataset, capsys):
+    (dataset / "mean" / "02.png").unlink()
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean",
+                          "--fused", f"max={dataset / 'max'}", "--allow-missing", "--json", dataset / "m.json")
+    assert code == 0, err
+    assert "1 of 3 fused images missing" in err and "02" in err
+    lines = out.splitlines()
+    assert lines[1].split()[:2] == ["method", "n"]
+    assert lines[2].split()[:2] == ["mean", "2"] and lines[3].split()[:2] == ["max", "3"]
+    saved = json.loads((dataset / "m.json").read_text())["methods"]
+    assert saved["mean"]["missing"] == ["02"] and saved["max"]["missing"] == []
+    assert list(saved["mean"]["per_image"]) == ["01", "03"]
+    present = [_expected(dataset, "mean", s)["SSIM"] for s in ("01", "03")]
+    assert saved["mean"]["mean"]["SSIM"] == pytest.approx(np.mean(present), abs=1e-12)
+    # without the flag the missing image is still an error that names the flag
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean")
+    assert code == 1 and "--allow-missing" in err
+
+
+# ---------------------------------------------------------------- exit codes, plain numbers (issue 12, item 7)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--metrics", "EN,XYZ"], "XYZ"),
+    (["--metrics", ","], "none given"),
+    (["--protocol", "tang", "--metrics", "Qabf,FMI"], "FMI"),
+    (["--metrics", "Nabf"], "Nabf"),  # a tang metric asked of the reference protocol
+    (["--fused", "mean=/elsewhere"], "given twice"),
+])
+def test_bad_arguments_exit_2_with_one_line(dataset, capsys, extra, needle):
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi",
+                          "--fused", f"mean={dataset / 'mean'}", *extra)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error:") and needle in err
+
+
+def test_unknown_protocol_is_a_usage_error(dataset, capsys):
+    with pytest.raises(SystemExit) as info:
+        _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean",
+             "--protocol", "matlab")
+    assert info.value.code == 2 and "invalid choice: 'matlab'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", ["corrected", "reference", "tang"])
+def test_csv_and_json_hold_plain_numbers(dataset, capsys, protocol):
+    out_csv, out_json = dataset / "p.csv", dataset / "p.json"
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean",
+                          "--protocol", protocol, "--csv", out_csv, "--json", out_json)
+    assert code == 0, err
+    rows = list(csv.reader(out_csv.open()))
+    numbers = [cell for row in rows[1:] for cell in row[3:]]
+    assert numbers and all(float(cell) == float(cell) or cell == "nan" for cell in numbers)
+    assert "np." not in out_csv.read_text() and "np." not in out_json.read_text()
