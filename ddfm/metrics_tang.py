@@ -139,10 +139,19 @@ def _gauss_same(stack):
     return ndimage.correlate1d(out, _SSIM_WINDOW, axis=-2, mode="nearest")
 
 
-def ssim(a, b, fused):
+def _gauss_moments(a, b, f):
+    """Local Gaussian moments [F, F^2, A, A^2, AF, B, B^2, BF, AB], shared by SSIM and MS_SSIM.
+
+    Away from the 5-pixel border they equal 'valid' filtering, which is what MEF-SSIM's first
+    scale needs, so one filtering serves both metrics.
+    """
+    return _gauss_same(np.stack([f, f * f, a, a * a, a * f, b, b * b, b * f, a * b]))
+
+
+def ssim(a, b, fused, moments=None):
     """SSIM: 0.5 ssim(F, A) + 0.5 ssim(F, B), MATLAB ``ssim`` on double 0-255 data (range 1)."""
     f, a, b = (np.asarray(x, dtype=np.float64) for x in (fused, a, b))
-    m = _gauss_same(np.stack([f, f * f, a, a * a, a * f, b, b * b, b * f]))
+    m = _gauss_moments(a, b, f) if moments is None else moments
     mu_f, var_f = m[0], m[1] - m[0] * m[0]
     total = 0.0
     for mu_x, e_xx, e_xf in (m[2:5], m[5:8]):
@@ -175,7 +184,7 @@ def _box_sums(stack, n):
     return c[..., n:, n:] - c[..., :-n, n:] - c[..., n:, :-n] + c[..., :-n, :-n]
 
 
-def _mef_ssim_scale(x1, x2, f):
+def _mef_ssim_scale(x1, x2, f, gauss=None):
     """Mean MEF-SSIM map of one scale for the two-image stack (x1, x2) and fused f.
 
     Per 11x11 window (valid positions) the toolkit builds a desired patch from the sources' mean-
@@ -205,8 +214,9 @@ def _mef_ssim_scale(x1, x2, f):
     scale = np.where(norm > 0, scale, 1.0)  # a zero patch stays zero
     c1 *= scale
     c2 *= scale
-    gw = _gaussian_1d(_MEF_WINDOW, 1.5)
-    g = _valid(np.stack([x1, x2, f, x1 * x1, x2 * x2, x1 * x2, f * f, x1 * f, x2 * f]), gw)
+    # gauss: 'valid' Gaussian moments [X1, X2, F, X1^2, X2^2, X1X2, F^2, X1F, X2F] when known
+    g = gauss if gauss is not None else _valid(
+        np.stack([x1, x2, f, x1 * x1, x2 * x2, x1 * x2, f * f, x1 * f, x2 * f]), _SSIM_WINDOW)
     v11, v22, v12 = g[3] - g[0] * g[0], g[4] - g[1] * g[1], g[5] - g[0] * g[1]
     var_r = c1 * c1 * v11 + c2 * c2 * v22 + 2 * c1 * c2 * v12
     var_f = g[6] - g[2] * g[2]
@@ -223,17 +233,22 @@ def _halve(x):
     return (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]) / 4.0
 
 
-def ms_ssim(a, b, fused):
-    """The toolkit's "MS_SSIM": 3-scale MEF-SSIM of F against the stack {A, B}, prod Q_l^w_l."""
+def ms_ssim(a, b, fused, moments=None):
+    """The toolkit's "MS_SSIM": 3-scale MEF-SSIM of F against the stack {A, B}, prod Q_l^w_l.
+
+    ``moments``: _gauss_moments(a, b, fused) when already computed (for SSIM).
+    """
     images = [np.asarray(x, dtype=np.float64) for x in (a, b, fused)]
     levels = len(_MEF_WEIGHTS)
     if min(images[2].shape) / 2 ** (levels - 1) < _MEF_WINDOW:
         raise ValueError(f"MS_SSIM needs images of at least {_MEF_WINDOW * 2 ** (levels - 1)} pixels "
                          f"a side")
-    quality = []
-    for level in range(levels):
-        if level:
-            images = [_halve(x) for x in images]
+    m = _gauss_moments(*images) if moments is None else moments
+    half = _MEF_WINDOW // 2
+    first = m[[2, 5, 0, 3, 6, 8, 1, 4, 7], half:-half, half:-half]  # reordered as _mef_ssim_scale's
+    quality = [_mef_ssim_scale(*images, gauss=first)]
+    for _ in range(1, levels):
+        images = [_halve(x) for x in images]
         quality.append(_mef_ssim_scale(*images))
     return float(np.prod(np.asarray(quality) ** _MEF_WEIGHTS))
 
@@ -312,9 +327,17 @@ def compute_tang_metrics(a, b, fused, metrics=None):
         raise ValueError(f"unknown metric(s) {unknown}; expected names from {known}")
     # im2double(uint8) * 255: the toolkit's float images (x / 255 * 255 is exact for 0..255).
     a, b, fused = (np.asarray(x, dtype=np.float64) / 255.0 * 255.0 for x in (a, b, fused))
+    shared = {}
+    if "SSIM" in names and "MS_SSIM" in names and min(fused.shape) > _MEF_WINDOW:
+        shared["moments"] = _gauss_moments(a, b, fused)
     out = {}
     for name in known:
         if name in names:
             fn = _SINGLE.get(name)
-            out[name] = float(fn(fused) if fn else _PAIRED[name](a, b, fused))
+            if fn:
+                out[name] = float(fn(fused))
+            elif name in ("SSIM", "MS_SSIM"):
+                out[name] = float(_PAIRED[name](a, b, fused, **shared))
+            else:
+                out[name] = float(_PAIRED[name](a, b, fused))
     return out

@@ -150,6 +150,9 @@ def test_compute_metrics_tang_names_and_order():
     assert all(type(v) is float for v in got.values())
     assert list(compute_metrics(x, x, x, "tang", metrics=["Nabf_fused_first", "EN"])) == ["EN", "Nabf_fused_first"]
     y, z = _texture(9), _texture(10)
+    full = compute_metrics(x, y, z, "tang")  # SSIM and MS_SSIM share their Gaussian moments
+    assert compute_metrics(x, y, z, "tang", metrics=["MS_SSIM"])["MS_SSIM"] == pytest.approx(full["MS_SSIM"], abs=1e-12)
+    assert T.ssim(x, y, z) == pytest.approx(full["SSIM"], abs=1e-12)
     assert compute_metrics(x, y, z, "cddfuse") == compute_metrics(x, y, z, "reference")
     with pytest.raises(ValueError):
         compute_metrics(x, x, x, "tang", metrics=["FMI"])
