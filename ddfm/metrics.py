@@ -380,15 +380,21 @@ def _ssim_corrected(f, sources):
     a, b = sources
     # All local moments in one batched 'valid' filtering (the 5-pixel border has no full window).
     m = _filter_valid(np.stack([f, f * f, a, a * a, a * f, b, b * b, b * f]), g / g.sum())
+    return sum(ssim_means_from_moments(m, c1, c2))
+
+
+def ssim_means_from_moments(m, c1, c2):
+    """(mean SSIM(F, A), mean SSIM(F, B)) from local moments m = [F, F^2, A, A^2, AF, B, B^2, BF]
+    (population form, any window) and the constants C1, C2."""
     uf, vf = m[0], m[1] - m[0] * m[0]
-    total = 0.0
+    means = []
     for ux, uxx, ufx in (m[2:5], m[5:8]):
         vx = uxx - ux * ux
         vfx = ufx - uf * ux
         num = (2 * uf * ux + c1) * (2 * vfx + c2)
         den = (uf * uf + ux * ux + c1) * (vf + vx + c2)
-        total += float(np.mean(num / den))
-    return total
+        means.append(float(np.mean(num / den)))
+    return means
 
 
 def ssim(a, b, fused, protocol="reference"):

@@ -12,6 +12,7 @@ from PIL import Image
 from ddfm import metrics_tang as T
 from ddfm.evaluation import evaluate_protocols
 from ddfm.metrics import compute_metrics, read_luma
+from test_metrics import _smooth_texture as _texture
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "metrics"
 TANG = json.loads((GOLDEN / "matlab_tang" / "values.json").read_text())
@@ -52,13 +53,6 @@ def test_golden_covers_every_toolkit_metric():
 
 
 # ---------------------------------------------------------------- quirks, by hand
-
-
-def _texture(seed, shape=(64, 72)):
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    rng = np.random.default_rng(seed)
-    base = 120 + 80 * np.sin(xx / (5 + seed)) * np.cos(yy / 7.0) + rng.normal(0, 8, shape)
-    return np.clip(np.round(base), 0, 255)
 
 
 def test_matlab_rgb2gray_weights_and_rounding():
