@@ -28,8 +28,9 @@ EN, SD, SF, SCD, CC and Qabf equal the reference protocol's definitions (Qabf: z
 and G = gF where gX == gF). FMI is not computed: the toolkit's pixel FMI depends on MATLAB's
 ``edge`` and FMI_w on the Wavelet Toolbox, and no oracle could be produced for either.
 Where files are read differently from MATLAB: 16-bit images keep their high byte (as everywhere in
-this project; MATLAB would hand the toolkit uint16 data it does not expect), and JPEG decoders
-may differ from MATLAB's by one grey level.
+this project; MATLAB would hand the toolkit uint16 data it does not expect), palette images are
+expanded to RGB (MATLAB's imread returns the indices, which the toolkit would score as grey
+levels), and JPEG decoders may differ from MATLAB's by one grey level.
 """
 import math
 
