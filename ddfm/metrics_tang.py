@@ -117,6 +117,7 @@ def mse(a, b, fused):
 def psnr(a, b, fused):
     """PSNR (dB) as the toolkit: 20 log10(255 / sqrt(MSE on the [0, 1] scale))."""
     err = mse(a, b, fused)
+    # Quirk: 255 over the root of an MSE on the [0, 1] scale (the peak should be 1 there).
     return 20.0 * math.log10(255.0 / math.sqrt(err)) if err > 0 else math.inf
 
 
@@ -131,7 +132,7 @@ def ag(fused):
 def vif(a, b, fused):
     """VIF: VIFp(A, F) + VIFp(B, F); unlike the reference a NaN VIFp is not replaced by 1."""
     ratios = M.vifp_ratios(a, b, fused)
-    return float(ratios[0] + ratios[1])
+    return float(ratios[0] + ratios[1])  # Quirk (vs reference): NaN for a source flat everywhere
 
 
 # ---------------------------------------------------------------- SSIM (MATLAB defaults)
@@ -234,6 +235,8 @@ def _halve(x):
 def ms_ssim(a, b, fused, moments=None):
     """The toolkit's "MS_SSIM": 3-scale MEF-SSIM of F against the stack {A, B}, prod Q_l^w_l.
 
+    Quirk: the name says MS-SSIM (Wang), the code is MEF-SSIM (Ma et al., exposure fusion).
+
     ``moments``: _gauss_moments(a, b, fused) when already computed (for SSIM).
     """
     images = [np.asarray(x, dtype=np.float64) for x in (a, b, fused)]
@@ -300,7 +303,7 @@ def nabf_kumar(fused, a, b):
 
 def nabf(a, b, fused):
     """Nabf as the toolkit reports it: analysis_nabf(A, B, F), i.e. A taken as the fused image."""
-    return nabf_kumar(a, b, fused)
+    return nabf_kumar(a, b, fused)  # Quirk: analysis_Reference passes the fused image last
 
 
 def nabf_fused_first(a, b, fused):
