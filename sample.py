@@ -23,7 +23,7 @@ def parse_args(argv):
     parser.add_argument("--record", action="store_true", default=None, help="write every step")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--gpu", type=int, help="the official flag: same as --device cuda:N")
-    parser.add_argument("--overwrite", action="store_true", help="re-fuse pairs already in recon/")
+    parser.add_argument("--overwrite", action="store_true", help="redo every pair: first delete the images of recon/ they replace or that other settings made")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override any config key, e.g. timestep_respacing=25 seed=0")

@@ -6,7 +6,6 @@ the failure count into the exit code. The save folder is locked for the run and 
 its own settings and source files and refuses to mix others in; run.json is rebuilt from the
 journal at the end, also after Ctrl-C or SIGTERM.
 """
-import json
 import os
 import platform
 import sys
@@ -279,7 +278,10 @@ def prepare_folder(save_dir, lock, run_id, pairs, problems, header, overwrite, l
         if created:  # a failed start leaves nothing behind
             (save / journal.LOCK).unlink(missing_ok=True)
             (save / journal.JOURNAL).unlink(missing_ok=True)
-            save.rmdir()
+            try:
+                save.rmdir()
+            except OSError:
+                pass
         if isinstance(err, OSError):
             raise RunError(f"{save_dir}: output folder is not writable ({err.strerror or err})") from None
         raise
