@@ -5,7 +5,7 @@ write() and fsync'd before the run goes on:
 
     {"event": "settings", "run": R, "key": K, "fingerprint": {...}, "input_dir": "/abs/in"}
     {"event": "image", "run": R, "stem": S, "file": "S.png", "key": K, "seconds": t, "sources": [a, b]}
-    {"event": "skipped" | "failed", "run": R, "stem": S, ["reason": "..."]}
+    {"event": "skipped", "run": R, "stems": [S, ...]}       {"event": "failed", "run": R, "stem": S, "reason": "..."}
 
 A run writes its settings line before its first image, and each image line just before the image
 is renamed into recon/. So whatever kills the process, every image in recon/ is named by a line
@@ -46,8 +46,9 @@ def new_run_id():
 class FolderLock:
     """An exclusive flock on <save_dir>/run.lock for the whole run; the file names the holder.
 
-    The file is never deleted: a process that opened it just before an unlink would lock a file
-    nobody else sees, and two runs would share the folder.
+    The file stays after the run (only a failed start removes the folder it created): a process
+    that opened it just before an unlink would lock a file nobody else sees, and two runs would
+    share the folder.
     """
 
     def __init__(self, save_dir):
@@ -63,8 +64,7 @@ class FolderLock:
             os.close(fd)
             raise RunError(f"{self.path.parent}: another sample.py run is using this folder ({holder}); "
                            f"wait for it to finish or choose another --save_dir") from None
-        host, pid, _ = run_id.split(":")
-        info = {"run": run_id, "pid": int(pid), "host": host,
+        info = {"run": run_id, "pid": os.getpid(), "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -107,12 +107,10 @@ def end_torn_line(save_dir):
     """After a kill mid-write the journal may end inside a line: start the next one cleanly."""
     path = Path(save_dir) / JOURNAL
     if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as handle:
+        with open(path, "rb+") as handle:
             handle.seek(-1, os.SEEK_END)
             if handle.read(1) != b"\n":
-                append_raw = os.open(path, os.O_WRONLY | os.O_APPEND)
-                os.write(append_raw, b"\n")
-                os.close(append_raw)
+                handle.write(b"\n")
 
 
 def read_events(save_dir):
@@ -153,8 +151,7 @@ class FolderState:
 def remove_leftovers(save_dir):
     """Temporary files of a killed run (io._write_atomic, write_json_atomic): never images."""
     save_dir = Path(save_dir)
-    patterns = [(save_dir, f".{name}.*") for name in ("run.json", "metrics.json")]
-    patterns += [(save_dir / "recon", ".*.tmp"), (save_dir / "progress", "**/.*.tmp")]
+    patterns = [(save_dir, ".run.json.*"), (save_dir / "recon", ".*.tmp"), (save_dir / "progress", "**/.*.tmp")]
     removed = 0
     for folder, pattern in patterns:
         for path in folder.glob(pattern) if folder.is_dir() else []:
@@ -227,8 +224,8 @@ def plan_resume(save_dir, state, pairs, key, fingerprint, overwrite):
         doomed = set(other) | {n for n, _ in moved} | set(state.unrecorded) | (set(state.records) & set(want))
         return [p.stem for p in pairs], [], sorted(doomed)
     _refuse_mixing(save_dir, state, other, moved, fingerprint)
-    skipped = [p.stem for p in pairs if f"{p.stem}.png" in state.records]
-    return [p.stem for p in pairs if p.stem not in set(skipped)], skipped, []
+    done = {p.stem for p in pairs if f"{p.stem}.png" in state.records}
+    return [p.stem for p in pairs if p.stem not in done], [p.stem for p in pairs if p.stem in done], []
 
 
 def build_record(save_dir, header, run_id):
