@@ -195,7 +195,7 @@ def _refuse_mixing(save_dir, state, other, moved, fingerprint):
         before = state.settings.get(state.records[other[0]]["key"], {}).get("fingerprint", {})
         changed = ", ".join(changed_settings(before, fingerprint)) or "unknown"
         raise RunError(f"{save_dir}: recon/ holds {len(other)} image(s) fused with other settings "
-                       f"({changed} differ, see {JOURNAL}); rerun with those settings to resume, or {fix}")
+                       f"(different: {changed}; see {JOURNAL}); rerun with those settings to resume, or {fix}")
     if state.unrecorded:
         shown = ", ".join(state.unrecorded[:3]) + (", ..." if len(state.unrecorded) > 3 else "")
         raise RunError(f"{save_dir}/recon: {len(state.unrecorded)} image(s) ({shown}) are not in {JOURNAL} "

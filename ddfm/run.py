@@ -298,8 +298,8 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
     fingerprint = output_fingerprint(config, resolve_prior(fusion["prior"], config.model)[0])
     fuser, prior_info = build_fuser(config, log)
     if fuser.prior_free:
-        log(f"prior-free: no effect here of {', '.join(PRIOR_FREE_IGNORED)}, seed and the model and "
-            f"diffusion configs ({PRIOR_FREE_WHY})")
+        log(f"prior-free: these settings have no effect: {', '.join(PRIOR_FREE_IGNORED)}, seed, the "
+            f"model and diffusion configs ({PRIOR_FREE_WHY})")
         if fusion["record"]:
             log("record: the prior-free fusion has no sampling steps to record")
     header = record_header(config, prior_info, fingerprint, save_dir)
