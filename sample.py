@@ -5,6 +5,7 @@
     python sample.py timestep_respacing=25 seed=0 record=true
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def parse_args(argv):
     parser.add_argument("--record", action="store_true", default=None, help="write every step")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--gpu", type=int, help="the official flag: same as --device cuda:N")
-    parser.add_argument("--overwrite", action="store_true", help="re-fuse pairs already in recon/")
+    parser.add_argument("--overwrite", action="store_true", help="redo every pair: first delete the images of recon/ they replace or that other settings made")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override any config key, e.g. timestep_respacing=25 seed=0")
@@ -48,6 +49,7 @@ def main(argv=None):
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends a run like Ctrl-C
     try:
         config = load_config(args.model_config, args.diffusion_config, args.fusion_config, overrides)
         record = run(config, save_dir=args.save_dir, overwrite=args.overwrite, log=log,
@@ -62,13 +64,19 @@ def main(argv=None):
         log(f"error: {one_line(err)}")
         return 2
     except KeyboardInterrupt:
-        log("interrupted: fused images written so far are kept; run again to resume")
+        log(f"interrupted: the images written so far are kept and listed in {args.save_dir}/run.json; "
+            f"run the same command again to resume")
         return 130
-    failed = len(record["failed"])
-    log(f"fused {len(record['fused'])} pair(s) into {args.save_dir}/recon"
-        + (f"; {failed} pair(s) failed" if failed else ""))
-    return 1 if failed else 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    counts = record["counts"]
+    log(f"fused {counts['fused']}, skipped {counts['skipped']} (already fused), failed {counts['failed']} "
+        f"pair(s)" + (f"; {args.save_dir}/recon holds {counts['in_folder']} image(s)" if "in_folder" in counts else ""))
+    return 1 if counts["failed"] or "record_error" in record else 0
 
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,6 +27,17 @@ def load_fuser(model_config=_CONFIGS / "model_config_imagenet.yaml",
     return fuser
 
 
-def fuse(a, b, **kwargs):
-    """Fuse one pair of arrays or tensors ((H,W), (H,W,3) or (3,H,W); uint8, or floats in [0,1])."""
-    return load_fuser(**kwargs).fuse(a, b)
+_ANNOUNCED = set()  # the prior choices ddfm.fuse has already told this process about
+
+
+def fuse(a, b, log=print, **kwargs):
+    """Fuse one pair of arrays or tensors ((H,W), (H,W,3) or (3,H,W); uint8, or floats in [0,1]).
+
+    The prior choice ("running the PRIOR-FREE Bayesian fusion", ...) is announced once per
+    process, not at every call.
+    """
+    def log_once(message):
+        if message not in _ANNOUNCED:
+            _ANNOUNCED.add(message)
+            log(message)
+    return load_fuser(log=log_once, **kwargs).fuse(a, b)

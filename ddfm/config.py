@@ -54,6 +54,8 @@ FUSION_CHOICES = {
 BOOL_KEYS = ("record", "evaluate", "channels_last", "compile")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
+# What torch.Generator.manual_seed accepts (a signed or unsigned 64-bit integer).
+SEED_RANGE = (-2**63, 2**64 - 1)
 # Where the project lives: configs and a relative model_path are found from here as well.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +82,14 @@ def read_yaml(path):
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: config file cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: config file is not UTF-8 text (byte 0x{err.object[err.start]:02x} "
+                          f"at offset {err.start})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if data is None:
@@ -181,6 +190,13 @@ def validate_diffusion(diffusion):
     seed = diffusion.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"diffusion config: seed must be an integer, got {seed!r}")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ConfigError(f"diffusion config: seed={seed} is outside the range of torch's generator "
+                          f"({SEED_RANGE[0]} .. {SEED_RANGE[1]})")
+    eta = diffusion.get("eta", 0.0)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"diffusion config: eta must be a number in [0, 1] (0: deterministic DDIM), "
+                          f"got {eta!r}")
     for key in DIFFUSION_BOOL_KEYS:
         if key in diffusion and not isinstance(diffusion[key], bool):
             raise ConfigError(f"diffusion config: {key} must be true or false, got {diffusion[key]!r}")

@@ -1,8 +1,9 @@
 """Sharding a dataset over processes started by `torchrun` (torch.distributed, env:// rendezvous).
 
-Pairs are independent, so each rank fuses every world-th pair and writes its own images and a
-per-rank manifest; rank 0 waits for all ranks and merges the manifests into run.json. The
-process group (gloo: CPU-side coordination only) is used for that one barrier, nothing else.
+Pairs are independent, so each rank fuses every world-th pair to do and writes its own images
+and journal lines. Rank 0 alone locks and prepares the save folder (the others get its decision)
+and, once all ranks are done, writes run.json from the journal. The process group (gloo: CPU-side
+coordination only) is used for that one broadcast and one barrier, nothing else.
 """
 import json
 import os
@@ -41,31 +42,37 @@ def write_json_atomic(path, data):
     publish(tmp, path)
 
 
-def merge_records(records):
-    """One run record from per-rank ones: the per-pair maps are united, the rest is rank 0's."""
-    merged = dict(records[0])
-    merged["fused"], merged["failed"], merged["skipped"] = {}, {}, []
-    for record in records:
-        merged["fused"].update(record["fused"])
-        merged["failed"].update(record["failed"])
-        merged["skipped"] += record["skipped"]
-    merged["fused"] = dict(sorted(merged["fused"].items()))
-    merged["skipped"] = sorted(set(merged["skipped"]))
-    merged["world_size"] = len(records)
-    return merged
-
-
-def write_run_record(save_dir, record, rank, world):
-    """run.json for a single process; per-rank manifests merged by rank 0 under torchrun."""
-    save_dir = Path(save_dir)
+def from_rank0(work):
+    """Run work() on rank 0 only and hand its result to every rank (or its error, as a RunError on
+    the other ranks): the save folder is locked, checked and prepared once per run, not per rank."""
+    rank, world = rank_and_world()
     if world == 1:
-        write_json_atomic(save_dir / "run.json", record)
-        return record
-    write_json_atomic(save_dir / f"run.rank{rank}.json", record)
-    _barrier()
+        return work()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    box, error = [None], None
     if rank == 0:
-        records = [json.loads((save_dir / f"run.rank{r}.json").read_text()) for r in range(world)]
-        record = merge_records(records)
-        write_json_atomic(save_dir / "run.json", record)
-    _barrier()
+        try:
+            box[0] = ("ok", work())
+        except Exception as err:  # the other ranks must not wait forever for a result
+            error = err
+            box[0] = ("error", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    status, value = box[0]
+    if status == "error":
+        from ddfm.journal import RunError
+        raise RunError(f"rank 0 could not start the run: {value}")
+    return value
+
+
+def write_run_record(save_dir, build, rank, world, finished=True):
+    """run.json, built from the journal every rank appends to and written by rank 0. A finished
+    run waits for all ranks first; after an interruption rank 0 writes at once what it holds."""
+    if world > 1 and finished:
+        _barrier()
+    record = build()
+    if rank == 0:
+        write_json_atomic(Path(save_dir) / "run.json", record)
     return record

@@ -65,9 +65,9 @@ def _duplicate_message(stem, paths):
 def find_pairs(input_dir, modalities):
     """Match `<input_dir>/<mod_a>/<stem>.*` with `<input_dir>/<mod_b>/<stem>.*`.
 
-    Returns (pairs, problems): problems are one-line messages, each starting with a file of the
-    stem concerned, about files without a partner and stems used by several files of one folder
-    (that pair is not fused). A missing or empty folder is fatal and raises FusionInputError.
+    Returns (pairs, problems): problems are (stem, one-line message starting with a file of that
+    stem) about files without a partner and stems used by several files of one folder (that pair
+    is not fused). A missing or empty folder is fatal and raises FusionInputError.
     """
     folders = [Path(input_dir) / m for m in modalities]
     for folder in folders:
@@ -80,11 +80,11 @@ def find_pairs(input_dir, modalities):
     for stem in sorted(set(a_files) | set(b_files)):
         duplicates = [f[stem] for f in (a_files, b_files) if len(f.get(stem, ())) > 1]
         if duplicates:
-            problems.extend(_duplicate_message(stem, paths) for paths in duplicates)
+            problems.extend((stem, _duplicate_message(stem, paths)) for paths in duplicates)
         elif stem not in b_files:
-            problems.append(f"{a_files[stem][0]}: no partner image '{stem}.*' in {folders[1]}")
+            problems.append((stem, f"{a_files[stem][0]}: no partner image '{stem}.*' in {folders[1]}"))
         elif stem not in a_files:
-            problems.append(f"{b_files[stem][0]}: no partner image '{stem}.*' in {folders[0]}")
+            problems.append((stem, f"{b_files[stem][0]}: no partner image '{stem}.*' in {folders[0]}"))
         else:
             pairs.append(Pair(stem, a_files[stem][0], b_files[stem][0]))
     return pairs, problems
@@ -251,8 +251,11 @@ def publish(tmp, path):
     os.replace(tmp, path)
 
 
-def _write_atomic(path, save):
-    """Call save(handle) on a temporary file next to `path`, then publish it: never half a file."""
+def _write_atomic(path, save, before_publish=None):
+    """Call save(handle) on a temporary file next to `path`, then publish it: never half a file.
+
+    before_publish() runs between the two (sample.py journals the image there, see ddfm.journal).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The .tmp suffix keeps a leftover (after a kill) from being taken for an image by any reader.
@@ -260,15 +263,17 @@ def _write_atomic(path, save):
     try:
         with os.fdopen(fd, "wb") as handle:
             save(handle)
+        if before_publish is not None:
+            before_publish()
         publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_image_atomic(path, array):
+def write_image_atomic(path, array, before_publish=None):
     """Write a PNG (uint8 grey or RGB) through a temporary file and a rename: never half a file."""
-    _write_atomic(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"))
+    _write_atomic(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"), before_publish)
 
 
 def write_gif(path, frames, duration_ms=80):

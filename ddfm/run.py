@@ -1,10 +1,11 @@
 """Dataset driver: pairs -> batches -> (ranks) -> fused images, progress, run.json, resume.
 
 Every per-pair problem is reported as one line and the other pairs still run; the caller turns
-the failure count into the exit code. Outputs are written atomically and existing ones are
-skipped (unless overwrite), so an interrupted run resumes where it stopped.
+the failure count into the exit code. The save folder is locked for the run and keeps a journal
+(ddfm.journal) of the settings that made each image: a resumed run skips only images made with
+its own settings and source files and refuses to mix others in; run.json is rebuilt from the
+journal at the end, also after Ctrl-C or SIGTERM.
 """
-import json
 import os
 import platform
 import sys
@@ -14,29 +15,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddfm import distributed, io
+from ddfm import distributed, io, journal
 from ddfm.config import ConfigError
 from ddfm.fusion import Fuser
+from ddfm.journal import RunError
 from ddfm.prior import build_diffusion, build_prior, resolve_device, resolve_prior
 
 
-class RunError(ValueError):
-    """A problem that stops the whole run (bad folders, bad output location), as one line."""
-
-
 def check_save_dir(save_dir, input_dir, modalities):
-    """The output folder must be writable and must not be an input folder."""
+    """The output folder must not be an input folder (checked before anything is written)."""
     save = Path(save_dir).resolve()
     for folder in [Path(input_dir)] + [Path(input_dir) / m for m in modalities]:
         if folder.exists() and folder.resolve() == save:
             raise RunError(f"{save_dir}: output folder is the input folder {folder}; choose another --save_dir")
+
+
+def resolve_modalities(input_dir, modalities, log):
+    """The modality folders as they are spelled on disk: `pet` finds `PET` when exactly one
+    sub-folder matches without regard to case; otherwise the error lists the sub-folders."""
+    root = Path(input_dir)
     try:
-        (save / "recon").mkdir(parents=True, exist_ok=True)
-        probe = save / "recon" / f".write_test_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        subfolders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     except OSError as err:
-        raise RunError(f"{save_dir}: output folder is not writable ({err.strerror or err})") from None
+        raise RunError(f"{root}: input folder cannot be read ({err.strerror or err})") from None
+    resolved = []
+    for name in modalities:
+        matches = [s for s in subfolders if s.lower() == name.lower()]
+        if (root / name).is_dir():
+            resolved.append(name)
+        elif len(matches) == 1:
+            log(f"modality '{name}': using the folder {root / matches[0]}")
+            resolved.append(matches[0])
+        else:
+            there = ", ".join(subfolders) if subfolders else "none"
+            where = f"sub-folders of {root}: {there}" if root.is_dir() else f"{root} does not exist"
+            raise io.FusionInputError(f"{root / name}: input folder not found ({where})")
+    return resolved
 
 
 class Recorder:
@@ -100,17 +114,47 @@ def iter_batches(items, fuser, batch_size):
     yield from pending.values()
 
 
-def load_pairs(pairs, failures, log):
+class RunLog:
+    """This run's lines in the save folder's journal (ddfm.journal), and its failures in memory."""
+
+    def __init__(self, save_dir, run_id, key, log):
+        self.save_dir, self.run_id, self.key, self.log = Path(save_dir), run_id, key, log
+        self.failed = {}
+
+    def write(self, event, **fields):
+        journal.append(self.save_dir, {"event": event, "run": self.run_id, **fields})
+
+    def image(self, pair, seconds):
+        """Journal an image just before it is renamed into recon/ (see io.write_image_atomic)."""
+        self.write("image", stem=pair.stem, file=f"{pair.stem}.png", key=self.key, seconds=seconds,
+                   sources=journal.pair_sources(pair))
+
+    def fail(self, stem, message):
+        self.log(f"error: {message}")
+        self.failed[stem] = message
+        try:
+            self.write("failed", stem=stem, reason=message)
+        except OSError:  # the journal is unwritable too: run.json still gets it from memory
+            pass
+
+
+def load_pairs(pairs, runlog):
     """Decode and check each pair lazily; a bad pair is logged and recorded, not fatal."""
     for pair in pairs:
         try:
             src_a, src_b = io.read_image(pair.a), io.read_image(pair.b)
             io.check_pair(pair.stem, src_a, src_b)
         except io.FusionInputError as err:
-            log(f"error: {err}")
-            failures[pair.stem] = str(err)
+            runlog.fail(pair.stem, str(err))
             continue
         yield pair, src_a, src_b
+
+
+# What the prior-free Bayesian fusion never reads, and why (issue 10): reported, not fingerprinted.
+PRIOR_FREE_IGNORED = ("variant", "lamb", "rho", "size", "normalize", "dtype", "batch_size",
+                      "channels_last", "compile", "device")
+PRIOR_FREE_WHY = ("the prior-free Bayesian fusion runs on the CPU at the source size with the BF "
+                  "release's fixed parameters and rounding, without a UNet or a sampler")
 
 
 def output_fingerprint(config, prior_kind):
@@ -124,86 +168,177 @@ def output_fingerprint(config, prior_kind):
     return fingerprint
 
 
-def previous_record(save_dir, fingerprint, overwrite):
-    """The run.json of an earlier run in save_dir; a different configuration is an error unless
-    everything is redone (--overwrite): its images must not be mixed with new ones."""
-    path = Path(save_dir) / "run.json"
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    before = old.get("fingerprint")
-    if before is not None and before != fingerprint and not overwrite:
-        changed = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
-        raise RunError(f"{path}: {save_dir} holds images fused with other settings ({', '.join(changed)}); "
-                       f"use --overwrite to redo them or choose another --save_dir")
-    return old
+def record_header(config, prior_info, fingerprint, save_dir):
+    """The run-level part of run.json. A prior-free run records only the settings that decided
+    its pixels; the keys it ignored are listed apart, with the reason."""
+    fusion = config.fusion
+    header = {"configs": config.as_dict(), "prior": prior_info, "variant": fusion["variant"],
+              "seed": int(config.diffusion.get("seed", 3407))}
+    if prior_info["prior"] == "none":
+        ignored = {key: fusion[key] for key in PRIOR_FREE_IGNORED}
+        ignored.update(seed=header["seed"], model=dict(config.model), diffusion=dict(config.diffusion))
+        header = {"configs": {"fusion": {k: v for k, v in fusion.items() if k not in ignored}},
+                  "prior": prior_info, "ignored": {"keys": ignored, "why": PRIOR_FREE_WHY}}
+    header.update(fingerprint=fingerprint, settings_key=journal.settings_key(fingerprint),
+                  input_dir=str(Path(fusion["input_dir"]).resolve()), save_dir=str(save_dir),
+                  versions=versions(), command=sys.argv, world_size=distributed.rank_and_world()[1])
+    return header
 
 
-def fuse_pairs(fuser, todo, save_dir, failures, log, progress):
-    """Fuse and write every pair of `todo`; returns {stem: seconds}. A batch that fails (a write
-    error, out of memory) is logged and recorded; the others still run."""
-    fusion, recon, timings = fuser.fusion, Path(save_dir) / "recon", {}
+def _batch_error(stems, err):
+    """One line for a batch that failed as a whole (a write error, out of memory)."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, MemoryError):
+        reason = f"out of memory ({reason})"
+    return f"{', '.join(stems)}: {reason}"
+
+
+def _hold_for_tests(count):
+    """Test hook (DDFM_TEST_HOLD_AFTER=k): stop after the k-th image until a signal arrives, so
+    the tests can interrupt a run at a known point."""
+    hold = os.environ.get("DDFM_TEST_HOLD_AFTER")
+    while hold is not None and count >= int(hold):
+        time.sleep(0.05)
+
+
+def fuse_pairs(fuser, todo, save_dir, runlog, progress):
+    """Fuse, journal and write every pair of `todo`; returns the number of images written. A batch
+    that fails (a write error, out of memory) is logged and recorded; the others still run."""
+    fusion, recon, written = fuser.fusion, Path(save_dir) / "recon", 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="pairs", unit="pair")
-    for batch in iter_batches(load_pairs(todo, failures, log), fuser, fusion["batch_size"]):
+    for batch in iter_batches(load_pairs(todo, runlog), fuser, fusion["batch_size"]):
         stems = [pair.stem for pair, _, _ in batch]
         recorder = Recorder(save_dir, stems) if fusion["record"] and not fuser.prior_free else None
-        start = time.perf_counter()
+        start, done = time.perf_counter(), set()
         try:
             images = fuser.fuse_batch([(a, b) for _, a, b in batch], step_callback=recorder,
                                       progress=progress)
-            seconds = (time.perf_counter() - start) / len(batch)
-            for stem, image in zip(stems, images):
-                io.write_image_atomic(recon / f"{stem}.png", image)
-                timings[stem] = round(seconds, 4)
+            seconds = round((time.perf_counter() - start) / len(batch), 4)
+            for (pair, _, _), image in zip(batch, images):
+                io.write_image_atomic(recon / f"{pair.stem}.png", image,
+                                      before_publish=lambda: runlog.image(pair, seconds))
+                done.add(pair.stem)
+                written += 1
+                _hold_for_tests(written)
             if recorder is not None:
                 recorder.finish()
-        except (OSError, RuntimeError) as err:
-            message = f"{', '.join(stems)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-            log(f"error: {message}")
-            failures.update({stem: message for stem in stems if stem not in timings})
+        except (OSError, RuntimeError, MemoryError) as err:
+            message = _batch_error(stems, err)
+            for stem in stems:
+                if stem not in done:
+                    runlog.fail(stem, message)
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
-    return timings
+    return written
+
+
+def find_input_pairs(fusion, log):
+    """The pairs of the input folder (modality folders matched as spelled on disk)."""
+    fusion["modalities"] = resolve_modalities(fusion["input_dir"], fusion["modalities"], log)
+    try:
+        return io.find_pairs(fusion["input_dir"], fusion["modalities"])
+    except OSError as err:
+        raise RunError(f"{err.filename or fusion['input_dir']}: input folder cannot be read "
+                       f"({err.strerror or err})") from None
+
+
+def prepare_folder(save_dir, lock, run_id, pairs, problems, header, overwrite, log):
+    """Rank 0, before any image: lock the folder, clear a killed run's leftovers, decide what to
+    fuse (or refuse to mix), delete what --overwrite replaces, journal the settings.
+    Returns (todo stems, skipped stems); on any error the lock is released again."""
+    save = Path(save_dir)
+    created = not save.exists()
+    try:
+        save.mkdir(parents=True, exist_ok=True)
+        lock.acquire(run_id)
+    except OSError as err:
+        raise RunError(f"{save_dir}: output folder is not writable ({err.strerror or err})") from None
+    try:
+        journal.end_torn_line(save)
+        if journal.remove_leftovers(save):
+            log(f"removed the temporary files of an interrupted run in {save_dir}")
+        todo, skipped, doomed = journal.plan_resume(save_dir, journal.FolderState(save), pairs,
+                                                    header["settings_key"], header["fingerprint"], overwrite)
+        if doomed:
+            log(f"--overwrite: deleting {len(doomed)} earlier image(s) in {save / 'recon'} before fusing")
+            journal.delete_outputs(save, doomed)
+        journal.append(save, {"event": "settings", "run": run_id, "key": header["settings_key"],
+                              "fingerprint": header["fingerprint"], "input_dir": header["input_dir"]})
+        for stem, message in problems:
+            journal.append(save, {"event": "failed", "run": run_id, "stem": stem, "reason": message})
+        if skipped:
+            journal.append(save, {"event": "skipped", "run": run_id, "stems": skipped})
+    except BaseException as err:
+        lock.release()
+        if created:  # a failed start leaves nothing behind
+            (save / journal.LOCK).unlink(missing_ok=True)
+            (save / journal.JOURNAL).unlink(missing_ok=True)
+            try:
+                save.rmdir()
+            except OSError:
+                pass
+        if isinstance(err, OSError):
+            raise RunError(f"{save_dir}: output folder is not writable ({err.strerror or err})") from None
+        raise
+    return todo, skipped
 
 
 def run(config, save_dir="output", overwrite=False, log=print, progress=True):
     """Fuse every pair of the configured folders into <save_dir>/recon; returns the run record."""
     fusion = config.fusion
     check_save_dir(save_dir, fusion["input_dir"], fusion["modalities"])
-    pairs, problems = io.find_pairs(fusion["input_dir"], fusion["modalities"])
-    rank, world = distributed.rank_and_world()
-    pairs = pairs[rank::world]
-    failures = {}
-    for message in problems:
+    pairs, problems = find_input_pairs(fusion, log)
+    for _, message in problems:
         log(f"error: {message}")
-        failures[Path(message.split(":")[0]).stem] = message
     fingerprint = output_fingerprint(config, resolve_prior(fusion["prior"], config.model)[0])
-    old = previous_record(save_dir, fingerprint, overwrite)
-    recon = Path(save_dir) / "recon"
-    todo = [p for p in pairs if overwrite or not (recon / f"{p.stem}.png").exists()]
-    skipped = [p.stem for p in pairs if p not in todo]
-    if skipped:
-        log(f"{len(skipped)} pair(s) already fused in {recon}: skipped (use --overwrite to redo)")
-
     fuser, prior_info = build_fuser(config, log)
-    if fusion["record"] and fuser.prior_free:
-        log("record: the prior-free fusion has no sampling steps to record")
-    # Timings of the pairs an earlier run fused stay in the record of a resumed run.
-    timings = {stem: t for stem, t in old.get("fused", {}).items() if stem in skipped}
-    record = {"configs": config.as_dict(), "prior": prior_info, "variant": fusion["variant"],
-              "seed": int(config.diffusion.get("seed", 3407)), "fingerprint": fingerprint,
-              "versions": versions(), "command": sys.argv, "fused": timings, "skipped": skipped,
-              "failed": failures}
+    if fuser.prior_free:
+        log(f"prior-free: these settings have no effect: {', '.join(PRIOR_FREE_IGNORED)}, seed, the "
+            f"model and diffusion configs ({PRIOR_FREE_WHY})")
+        if fusion["record"]:
+            log("record: the prior-free fusion has no sampling steps to record")
+    header = record_header(config, prior_info, fingerprint, save_dir)
+    rank, world = distributed.rank_and_world()
+    lock, run_id = journal.FolderLock(save_dir), journal.new_run_id()
+    run_id, todo, skipped = distributed.from_rank0(
+        lambda: (run_id, *prepare_folder(save_dir, lock, run_id, pairs, problems, header, overwrite, log)))
+    if rank > 0 and journal.lock_holder_run(save_dir) != run_id:
+        raise RunError(f"{save_dir}: {journal.LOCK} is not held by this run's rank 0 "
+                       f"(is --save_dir on a filesystem all ranks share?)")
+    if skipped:
+        log(f"{len(skipped)} pair(s) already fused in {Path(save_dir) / 'recon'} with these settings: "
+            f"skipped (use --overwrite to redo)")
+    runlog = RunLog(save_dir, run_id, header["settings_key"], log)
+    mine = [p for p in pairs if p.stem in set(todo)][rank::world]
+    finished = False
     try:
-        timings.update(fuse_pairs(fuser, todo, save_dir, failures, log, progress))
-    finally:  # also after Ctrl-C: the record says what is on disk
-        record = distributed.write_run_record(save_dir, record, rank, world)
+        fuse_pairs(fuser, mine, save_dir, runlog, progress)
+        finished = True
+    finally:  # also after Ctrl-C or SIGTERM: run.json says what is on disk
+        record = write_record(save_dir, header, run_id, runlog, rank, world, finished, log)
+        lock.release()
+    return record
+
+
+def write_record(save_dir, header, run_id, runlog, rank, world, finished, log):
+    """run.json rebuilt from the journal (written by rank 0); an unwritable run.json is one error
+    line, the images and the journal stay as they are."""
+    def build():
+        record = journal.build_record(save_dir, header, run_id)
+        record["failed"].update(runlog.failed)  # in case the journal could not take them
+        record["counts"]["failed"] = len(record["failed"])
+        return record
+    try:
+        record = distributed.write_run_record(save_dir, build, rank, world, finished)
+    except OSError as err:
+        record = build()
+        record["record_error"] = f"{Path(save_dir) / 'run.json'}: cannot write the run record ({err.strerror or err})"
+        log(f"error: {record['record_error']}; the images and {journal.JOURNAL} are complete")
     return record
 
 

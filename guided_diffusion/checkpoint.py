@@ -98,12 +98,15 @@ def _describe_load_failure(path, size, exc):
         return f"{where} is a Git LFS pointer, not the weights; {again}"
     if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
         return f"{where} is an HTML/XML page (an error page saved as the file?), not a checkpoint; {again}"
+    # A pickle that names a non-tensor global: foreign, possibly hostile. torch 2.13 words it
+    # "Unsupported global: GLOBAL x.y", older releases "Trying to call reduce for unrecognized
+    # function x" or "Can only build ... but got x"; in either file format.
+    match = re.search(r"Unsupported global: GLOBAL (\S+)|unrecognized function (\S+)|but got (<[^>]+>)", text)
+    if match and head.startswith((b"PK\x03\x04", b"\x80")):
+        name = next(group for group in match.groups() if group)
+        return (f"{where} contains Python objects other than tensors ({name}), refused by "
+                f"weights_only loading; it is not a plain state_dict")
     if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
-        match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if match:
-            # A complete archive whose pickle names a non-tensor global: foreign, possibly hostile.
-            return (f"{where} contains Python objects other than tensors ({match.group(1)}), refused by "
-                    f"weights_only loading; it is not a plain state_dict")
         if not zipfile.is_zipfile(path):
             return f"{where} is truncated or corrupt (incomplete zip archive); {again}"
         return f"{where} could not be read ({type(exc).__name__}: {_one_line(text)}); {again}"

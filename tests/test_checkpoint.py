@@ -191,6 +191,19 @@ def test_arbitrary_pickle_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+def test_python_objects_in_a_legacy_format_file_are_named_as_such(tmp_path):
+    """torch 2.13 refuses them with the same words in the legacy (pre-1.6) pickle format, which
+    used to be reported as an unreadable file to re-download."""
+    marker = tmp_path / "was_called"
+    path = tmp_path / "hostile_legacy.pt"
+    torch.save({"conv.weight": Payload(str(marker))}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict_file(path)
+    assert_one_line(info.value)
+    assert "contains Python objects other than tensors" in str(info.value) and "open" in str(info.value)
+    assert "re-download" not in str(info.value) and not marker.exists()
+
+
 def test_extra_layer_in_model_lists_missing_keys(tmp_path):
     path = saved(tmp_path, seeded_net(0))
     target = seeded_net(1, extra=True)

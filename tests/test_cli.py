@@ -34,7 +34,8 @@ def test_prior_free_run_writes_outputs_and_run_json(tmp_path, dataset, capsys):
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["prior"]["prior"] == "none"
     assert set(record["fused"]) == {"p1", "p2"} and record["failed"] == {}
-    assert record["configs"]["fusion"]["prior"] == "none" and record["seed"] == 3407
+    assert record["configs"]["fusion"]["prior"] == "none"
+    assert "seed" not in record and record["ignored"]["keys"]["seed"] == 3407
     assert "prior-free" in capsys.readouterr().err.lower()
 
 
@@ -253,7 +254,7 @@ def test_resume_with_other_settings_is_refused_unless_overwrite(tmp_path, datase
     assert run_cli(tmp_path, "prior=none") == 0
     assert run_cli(tmp_path, *TINY) == 2
     err = capsys.readouterr().err
-    assert "holds images fused with other settings" in err and "prior" in err
+    assert "image(s) fused with other settings" in err and "prior" in err
     assert run_cli(tmp_path, *TINY, "--overwrite") == 0
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["fingerprint"]["prior"] == "adm" and set(record["fused"]) == {"p1", "p2"}
@@ -272,10 +273,10 @@ def test_write_error_fails_that_pair_and_keeps_the_record(tmp_path, dataset, cap
 
     real = ddfm_io.write_image_atomic
 
-    def flaky(path, array):
+    def flaky(path, array, **kwargs):
         if path.stem == "p1":
             raise OSError(28, "No space left on device")
-        return real(path, array)
+        return real(path, array, **kwargs)
 
     monkeypatch.setattr(ddfm_io, "write_image_atomic", flaky)
     assert run_cli(tmp_path, "prior=none") == 1

@@ -85,7 +85,9 @@ def test_torchrun_two_processes_equal_single_process(dataset, single_run, tmp_pa
         assert np.array_equal(sharded[stem], image), stem
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["world_size"] == 2 and set(record["fused"]) == set(single_run)
-    assert (tmp_path / "run.rank0.json").is_file() and (tmp_path / "run.rank1.json").is_file()
+    # Both ranks journaled their images under the one settings line of rank 0.
+    assert {image["settings"] for image in record["fused"].values()} == {record["settings_key"]}
+    assert record["counts"] == {"fused": 5, "skipped": 0, "failed": 0, "in_folder": 5}
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
