@@ -62,6 +62,7 @@ def build_parser():
     parser.add_argument("--json", type=Path, help="write per-image and mean values as JSON")
     parser.add_argument("--csv", type=Path, help="write per-image and mean values as CSV")
     parser.add_argument("--digits", type=_digits, default=4, help="decimals in the printed table (>= 0)")
+    parser.add_argument("--report", type=Path, metavar="DIR", help="write a static HTML report DIR/index.html")
     return parser
 
 
@@ -72,13 +73,17 @@ def main(argv=None):
         print(f"warning: {message}", file=sys.stderr)
 
     try:
-        result = evaluate_folders(args.a, args.b, _parse_fused(args.fused), protocol=args.protocol,
+        fused = _parse_fused(args.fused)
+        result = evaluate_folders(args.a, args.b, fused, protocol=args.protocol,
                                   metrics=_parse_metrics(args.metrics), warn=warn)
         print(format_table(result, digits=args.digits))
         if args.json:
             write_json(result, args.json)
         if args.csv:
             write_csv(result, args.csv)
+        if args.report:
+            from ddfm.report import write_report
+            print(f"report: {write_report(args.report, [result], args.a, args.b, fused)}", file=sys.stderr)
     except EvaluationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -52,12 +52,15 @@ def main(argv=None):
         config = load_config(args.model_config, args.diffusion_config, args.fusion_config, overrides)
         record = run(config, save_dir=args.save_dir, overwrite=args.overwrite, log=log,
                      progress=not args.quiet)
+        method = "DDFM" if record["prior"]["prior"] == "adm" else "prior-free"
         if config.fusion["evaluate"]:
             from ddfm.run import evaluate_run
-            method = "DDFM" if record["prior"]["prior"] == "adm" else "prior-free"
             table = evaluate_run(config, args.save_dir, method=method, log=log)
             if table:
                 print(table)
+        if config.fusion["report"]:
+            from ddfm.run import report_run
+            report_run(config, args.save_dir, method=method, log=log)
     except USER_ERRORS as err:
         log(f"error: {one_line(err)}")
         return 2

@@ -34,6 +34,7 @@ FUSION_DEFAULTS = {
     "record": False,
     "prior": "auto",
     "evaluate": False,
+    "report": False,
     "device": "auto",
     "dtype": "fp32",
     "batch_size": 1,
@@ -48,7 +49,7 @@ FUSION_CHOICES = {
     "prior": ("auto", "adm", "none"),
     "dtype": ("fp32", "fp16", "bf16"),
 }
-BOOL_KEYS = ("record", "evaluate", "channels_last", "compile")
+BOOL_KEYS = ("record", "evaluate", "report", "channels_last", "compile")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
 # Where the project lives: configs and a relative model_path are found from here as well.

@@ -221,3 +221,9 @@ def evaluate_run(config, save_dir, method="DDFM", log=print):
         return ""
     write_json(result, Path(save_dir) / "metrics.json")
     return format_table(result)
+
+
+def report_run(config, save_dir, method="DDFM", log=print):
+    """The HTML report of a finished run, <save_dir>/report/index.html (see ddfm.report)."""
+    from ddfm.report import write_run_report
+    return write_run_report(config, save_dir, method, log)
