@@ -108,7 +108,7 @@ def main(argv=None):
     stems, names = _check_args(parser, args)
     try:
         fused = _parse_fused(args.fused)
-        _, _, (w, h) = make_figure(args.a, args.b, fused, stems, args.out, zooms=args.zoom,
+        _, _, drawn = make_figure(args.a, args.b, fused, stems, args.out, zooms=args.zoom,
                                    placement=args.inset, factor=args.zoom_factor,
                                    auto_size=args.zoom_size, transpose=args.transpose, dpi=args.dpi,
                                    width_in=args.width, scale=args.scale, source_names=names,
@@ -119,7 +119,7 @@ def main(argv=None):
     except OSError as err:  # e.g. the output cannot be written
         print(f"error: cannot write {args.out}: {err.strerror or err}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} ({w}x{h} px)")
+    print(f"wrote {args.out} ({drawn.size[0]}x{drawn.size[1]} px)")
     return 0
 
 

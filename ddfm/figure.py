@@ -180,6 +180,13 @@ def fit_scale(widths, gap, labels, dpi, width_in):
     return scale
 
 
+@dataclass
+class Rendered:
+    """What render drew: the figure size and each panel's (top, left, height, width), in pixels."""
+    size: tuple
+    cells: dict
+
+
 def render(layout, out, dpi=300, scale=1.0, note=""):
     """Draw the layout with matplotlib into `out` (.png or .pdf) atomically; panels are shown
     with nearest-neighbour sampling at scale >= 1 (exact at 1) and antialiased when shrunk."""
@@ -196,7 +203,8 @@ def render(layout, out, dpi=300, scale=1.0, note=""):
     fig_w, fig_h = round(total_w * scale), round(total_h * scale)
     fig = plt.figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
     try:
-        _draw(fig, layout, (label, title), (total_w, total_h), "nearest" if scale >= 1 else "antialiased")
+        cells = _draw(fig, layout, (label, title), (total_w, total_h),
+                      "nearest" if scale >= 1 else "antialiased")
         for c, text in enumerate(layout.col_titles):
             x = label + sum(widths[:c]) + layout.gap * c + widths[c] / 2
             fig.text(x / total_w, 1 - title * 0.45 / total_h, text, ha="center", va="center",
@@ -212,18 +220,22 @@ def render(layout, out, dpi=300, scale=1.0, note=""):
         write_atomic(out, lambda handle: fig.savefig(handle, format=kind, dpi=dpi))
     finally:
         plt.close(fig)
-    return fig_w, fig_h
+    cells = {rc: tuple(round(v * scale) for v in box) for rc, box in cells.items()}
+    return Rendered((fig_w, fig_h), cells)
 
 
 def _draw(fig, layout, origin, total, interpolation):
-    """One axes per panel, at its exact place in layout pixels (top-left of its cell)."""
+    """One axes per panel, at its exact place in layout pixels (top-left of its cell); returns
+    {(r, c): (top, left, height, width)} in layout pixels."""
     heights, widths = layout.sizes()
     total_w, total_h = total
+    cells = {}
     y = origin[1]
     for r, row in enumerate(layout.grid):
         x = origin[0]
         for c, panel in enumerate(row):
             h, w = panel.shape[:2]
+            cells[r, c] = (y, x, h, w)
             ax = fig.add_axes([x / total_w, 1 - (y + h) / total_h, w / total_w, h / total_h])
             ax.set_axis_off()
             ax.imshow(panel, interpolation=interpolation)
@@ -232,6 +244,7 @@ def _draw(fig, layout, origin, total, interpolation):
                         color="0.35", transform=ax.transAxes)
             x += widths[c] + layout.gap
         y += heights[r] + layout.gap
+    return cells
 
 
 def size_note(rows):
@@ -246,7 +259,7 @@ def size_note(rows):
 def make_figure(a_dir, b_dir, fused_dirs, stems, out, zooms=(), placement="br", factor=None,
                 auto_size=None, transpose=False, dpi=300, width_in=WIDTHS["page"], scale=None,
                 source_names=("IR", "VIS"), allow_missing=False):
-    """Read, compose and render a comparison figure; returns (rows, boxes per row, pixel size)."""
+    """Read, compose and render a comparison figure; returns (rows, boxes per row, Rendered)."""
     rows = load_rows(a_dir, b_dir, fused_dirs, stems, source_names, allow_missing)
     boxes = [row_boxes(row, list(zooms), auto_size) for row in rows]
     # Composition keeps the source widths, so the scale is known before the panels are made.
@@ -256,5 +269,4 @@ def make_figure(a_dir, b_dir, fused_dirs, stems, out, zooms=(), placement="br", 
     thickness = max(1, math.ceil(1.5 / scale))
     panels = [compose_row(row, bx, placement, factor, thickness) for row, bx in zip(rows, boxes)]
     layout = build_layout(rows, panels, transpose)
-    size = render(layout, out, dpi=dpi, scale=scale, note=size_note(rows))
-    return rows, boxes, size
+    return rows, boxes, render(layout, out, dpi=dpi, scale=scale, note=size_note(rows))
