@@ -144,7 +144,8 @@ def gallery(out_dir, a_dir, b_dir, fused_dirs, results, source_names, gifs, timi
     for stem in sorted(set(a_files) & set(b_files)):  # a source without its partner has no pair
         panels = []
         for k, (name, folder, files) in enumerate(columns):
-            panel = {"name": name, "metrics": _metric_lines(results, name, stem) if k >= 2 else []}
+            panel = {"name": name, "thumb": None,
+                     "metrics": _metric_lines(results, name, stem) if k >= 2 else []}
             if stem in files:
                 slug = _slug(name, folder)
                 full = publish_image(files[stem], out_dir / "images" / slug / stem)
