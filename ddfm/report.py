@@ -119,7 +119,7 @@ def make_thumbnail(src, dest, side=THUMB_SIDE):
     src, dest = Path(src), Path(dest)
     if not _up_to_date(dest, src):
         image = _rgb(src)
-        image.thumbnail((side, side), Image.Resampling.LANCZOS)
+        image.thumbnail((side, side), Image.LANCZOS)
         write_atomic(dest, lambda handle: image.save(handle, format="JPEG", quality=88))
     with Image.open(dest) as image:
         return image.size
