@@ -1,7 +1,7 @@
 """Paper figure: the same pairs fused by several methods side by side, with magnified boxes.
 
     python figure.py --ir DIR --vi DIR --fused name=DIR [--fused name=DIR ...] --stems S1,S2
-                     [--zoom x,y,w,h ...|--zoom auto] --out FILE.png|FILE.pdf
+                     [--zoom x,y,w,h ...|--zoom auto|--zoom STEM:x,y,w,h] --out FILE.png|FILE.pdf
 
 Rows are pairs, columns IR | VIS | methods (--transpose swaps them). Each --zoom box (source pixel
 coordinates, up to 3) is outlined on every panel of a pair and magnified (nearest neighbour,
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ddfm.evaluation import EvaluationError
 from ddfm.figure import WIDTHS, FigureError, make_figure
-from ddfm.zoom import MAX_BOXES, PLACEMENTS, ZoomError, parse_box
+from ddfm.zoom import MAX_BOXES, PLACEMENTS, ZoomError, boxes_for, parse_box
 from evaluate import _parse_fused
 
 
@@ -68,13 +68,15 @@ def build_parser():
                         help="folder of fused images; repeat for several methods")
     parser.add_argument("--stems", required=True, help="comma-separated pairs to show, e.g. 07,24")
     parser.add_argument("--zoom", action="append", type=_box, default=[], metavar="x,y,w,h|auto",
-                        help=f"box to magnify, in source pixels; up to {MAX_BOXES}")
+                        help=f"box to magnify, in source pixels, on every pair or (STEM:x,y,w,h) on "
+                        f"one; up to {MAX_BOXES} per pair")
     parser.add_argument("--zoom-size", type=_size, metavar="W,H", help="window of --zoom auto "
                         "(default: a fifth of the shorter side)")
     parser.add_argument("--zoom-factor", type=_positive(int), help="inset magnification "
                         "(default: the largest that fits)")
-    parser.add_argument("--inset", choices=PLACEMENTS, default="br",
-                        help="inset corner (br, bl, tr, tl) or below the panel")
+    parser.add_argument("--inset", choices=PLACEMENTS, default="auto",
+                        help="inset corner (br, bl, tr, tl), below the panel, or auto (default: the "
+                        "first corner that hides no box, else below)")
     parser.add_argument("--transpose", action="store_true", help="pairs as columns, methods as rows")
     parser.add_argument("--width", type=_width, default=WIDTHS["page"],
                         help="figure width: column (3.5 in), page (7.16 in, default) or inches")
@@ -89,8 +91,6 @@ def build_parser():
 
 
 def _check_args(parser, args):
-    if len(args.zoom) > MAX_BOXES:
-        parser.error(f"--zoom given {len(args.zoom)} times; at most {MAX_BOXES} boxes")
     if args.out.suffix.lower() not in (".png", ".pdf"):
         parser.error(f"--out {args.out}: expected a .png or .pdf file")
     stems = [s.strip() for s in args.stems.split(",") if s.strip()]
@@ -99,6 +99,13 @@ def _check_args(parser, args):
         parser.error("--stems: no stem given")
     if len(names) != 2 or not all(names):
         parser.error(f"--source-names: expected two titles, got {args.source_names!r}")
+    unknown = sorted({stem for stem, _ in args.zoom if stem is not None} - set(stems))
+    if unknown:
+        parser.error(f"--zoom names stem(s) {', '.join(unknown)} that --stems does not show")
+    for stem in stems:
+        count = len(boxes_for(args.zoom, stem))
+        if count > MAX_BOXES:
+            parser.error(f"--zoom: {count} boxes for pair '{stem}'; at most {MAX_BOXES} boxes")
     return stems, tuple(names)
 
 

@@ -99,6 +99,8 @@ def align_top_left(image, shape, fill=zoom.BACKGROUND):
 def row_boxes(row, zooms, auto_size=None):
     """The boxes of one row: fixed boxes are checked against the sources; 'auto' entries become
     the windows where the fused panels (all panels with one method) disagree most."""
+    if len(zooms) > zoom.MAX_BOXES:
+        raise FigureError(f"pair '{row.stem}': {len(zooms)} zoom boxes; at most {zoom.MAX_BOXES}")
     fixed = [b for b in zooms if b != "auto"]
     for box in fixed:
         zoom.check_box(box, row.shape, f"pair '{row.stem}'")
@@ -114,7 +116,7 @@ def row_boxes(row, zooms, auto_size=None):
     return fixed + zoom.auto_boxes(lumas, size, wanted)
 
 
-def compose_row(row, boxes, placement="br", factor=None, thickness=None):
+def compose_row(row, boxes, placement="auto", factor=None, thickness=None):
     """Every panel of a row at the source size, boxes outlined and insets pasted; a missing
     panel stays None. Returns the list of (H', W', 3) arrays."""
     factors = [factor] * len(boxes) if factor else None
@@ -180,6 +182,17 @@ def fit_scale(widths, gap, labels, dpi, width_in):
     return scale
 
 
+def _save(fig, handle, suffix, dpi):
+    """PDF through matplotlib (vector text, unresampled panels); PNG as opaque RGB (a third
+    smaller than matplotlib's RGBA), pixel for pixel what the Agg canvas drew."""
+    if suffix == ".pdf":
+        fig.savefig(handle, format="pdf", dpi=dpi)
+        return
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    Image.fromarray(rgb).save(handle, format="PNG", optimize=True, dpi=(dpi, dpi))
+
+
 @dataclass
 class Rendered:
     """What render drew: the figure size and each panel's (top, left, height, width), in pixels."""
@@ -216,8 +229,7 @@ def render(layout, out, dpi=300, scale=1.0, note=""):
         if note:
             fig.text(label / total_w, note_h * 0.5 / total_h, note, ha="left", va="center",
                      fontsize=TITLE_PT * 0.9, color="0.3")
-        kind = Path(out).suffix.lower().lstrip(".")
-        write_atomic(out, lambda handle: fig.savefig(handle, format=kind, dpi=dpi))
+        write_atomic(out, lambda handle: _save(fig, handle, Path(out).suffix.lower(), dpi))
     finally:
         plt.close(fig)
     cells = {rc: tuple(round(v * scale) for v in box) for rc, box in cells.items()}
@@ -256,12 +268,12 @@ def size_note(rows):
     return f"Panels smaller than their sources are aligned top-left: {shown}"
 
 
-def make_figure(a_dir, b_dir, fused_dirs, stems, out, zooms=(), placement="br", factor=None,
+def make_figure(a_dir, b_dir, fused_dirs, stems, out, zooms=(), placement="auto", factor=None,
                 auto_size=None, transpose=False, dpi=300, width_in=WIDTHS["page"], scale=None,
                 source_names=("IR", "VIS"), allow_missing=False):
     """Read, compose and render a comparison figure; returns (rows, boxes per row, Rendered)."""
     rows = load_rows(a_dir, b_dir, fused_dirs, stems, source_names, allow_missing)
-    boxes = [row_boxes(row, list(zooms), auto_size) for row in rows]
+    boxes = [row_boxes(row, zoom.boxes_for(zooms, row.stem), auto_size) for row in rows]
     # Composition keeps the source widths, so the scale is known before the panels are made.
     layout = build_layout(rows, [row.images for row in rows], transpose)
     scale = scale or fit_scale(layout.sizes()[1], layout.gap, layout.row_titles, dpi, width_in)

@@ -10,7 +10,8 @@ import numpy as np
 MAX_BOXES = 3
 # One colour per box (red, blue, green), distinguishable in colour and in most colour-blind vision.
 BOX_COLOURS = ((228, 26, 28), (55, 126, 184), (77, 175, 74))
-PLACEMENTS = ("br", "bl", "tr", "tl", "below")
+PLACEMENTS = ("auto", "br", "bl", "tr", "tl", "below")
+CORNERS = ("br", "bl", "tr", "tl")
 # Insets take at most this fraction of the panel height (in a corner / below the panel) and,
 # side by side, of its width.
 CORNER_HEIGHT = 0.4
@@ -24,17 +25,31 @@ class ZoomError(ValueError):
 
 
 def parse_box(text):
-    """'x,y,w,h' -> (x, y, w, h) ints, or the string 'auto'; raises ValueError on anything else."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    parts = text.split(",")
+    """'[STEM:]x,y,w,h' or '[STEM:]auto' -> (stem or None, (x, y, w, h) or 'auto').
+
+    Without a stem the box is drawn on every pair. Raises ValueError on anything else."""
+    stem, _, spec = text.rpartition(":")
+    if spec.strip().lower() == "auto":
+        return stem or None, "auto"
     try:
-        values = tuple(int(p) for p in parts)
+        values = tuple(int(p) for p in spec.split(","))
     except ValueError:
         values = ()
     if len(values) != 4 or values[2] < 1 or values[3] < 1 or min(values[:2]) < 0:
-        raise ValueError(f"zoom box {text!r}: expected x,y,w,h (whole numbers, w and h >= 1) or auto")
-    return values
+        raise ValueError(f"zoom box {text!r}: expected [STEM:]x,y,w,h (whole numbers, w and h >= 1) "
+                         f"or [STEM:]auto")
+    return stem or None, values
+
+
+def boxes_for(zooms, stem):
+    """The boxes ('auto' or (x, y, w, h)) of one pair from a list of boxes, optionally given as
+    (stem or None, box) as parse_box returns them."""
+    chosen = []
+    for item in zooms:
+        target, box = item if len(item) == 2 else (None, item)
+        if target in (None, stem):
+            chosen.append(box)
+    return chosen
 
 
 def check_box(box, shape, where):
@@ -93,11 +108,26 @@ def _inset_origins(sizes, shape, placement, gap):
     return origins
 
 
-def compose_panel(image, boxes, placement="br", factors=None, thickness=None):
+def _overlaps(a, b):
+    """Do two (top, left, height, width) rectangles share a pixel?"""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def choose_placement(boxes, sizes, shape):
+    """'auto': the first corner whose insets (bordered sizes) cover none of the boxes, else below."""
+    rects = [(y, x, h, w) for x, y, w, h in boxes]
+    for corner in CORNERS:
+        origins = _inset_origins(sizes, shape, corner, 0)
+        if not any(_overlaps((t, l, h, w), r) for (t, l), (h, w) in zip(origins, sizes) for r in rects):
+            return corner
+    return "below"
+
+
+def compose_panel(image, boxes, placement="auto", factors=None, thickness=None):
     """Panel with every box outlined and its magnified inset pasted.
 
-    image: (H, W, 3) uint8; boxes: [(x, y, w, h)]; factors: one integer per box (default: the
-    largest that fits, see inset_factor). Returns (canvas, insets) where insets lists the
+    image: (H, W, 3) uint8; boxes: [(x, y, w, h)]; placement: a corner (br, bl, tr, tl), below,
+    or auto (choose_placement); factors: one integer per box (default: the largest that fits). Returns (canvas, insets) where insets lists the
     (top, left, height, width) of each inset's content (inside its border) on the canvas; with
     placement 'below' the canvas is taller than the image.
     """
@@ -106,6 +136,8 @@ def compose_panel(image, boxes, placement="br", factors=None, thickness=None):
     factors = factors or [inset_factor(b, shape, len(boxes), placement, thickness) for b in boxes]
     crops = [magnify(image[y:y + h, x:x + w], k) for (x, y, w, h), k in zip(boxes, factors)]
     sizes = [(c.shape[0] + 2 * thickness, c.shape[1] + 2 * thickness) for c in crops]
+    if placement == "auto":
+        placement = choose_placement(boxes, sizes, shape)
     gap = thickness if placement == "below" else 0
     if sum(s[1] for s in sizes) + gap * (len(sizes) - 1) > shape[1] or \
             max((s[0] for s in sizes), default=0) > shape[0]:

@@ -43,6 +43,19 @@ def test_inset_pixels_equal_the_magnified_source_region(placement):
         np.testing.assert_array_equal(canvas[top:top + h, left:left + w], _magnified(image, box, factor))
 
 
+def test_auto_placement_takes_a_corner_that_hides_no_box():
+    image = _image(2)
+    for boxes, corner in [([(60, 50, 8, 6)], "bl"), ([(60, 50, 8, 6), (2, 50, 8, 6)], "tr"),
+                          ([(2, 2, 6, 6)], "br")]:
+        _, insets = zoom.compose_panel(image, boxes, "auto", thickness=1)
+        _, expected = zoom.compose_panel(image, boxes, corner, thickness=1)
+        assert insets == expected
+    # Three insets 22 px wide span 66 of 80 px: every corner would cover one of these boxes.
+    blocking = [(0, 54, 10, 10), (70, 54, 10, 10), (35, 0, 10, 10)]
+    canvas, _ = zoom.compose_panel(image, blocking, "auto", factors=[2] * 3, thickness=1)
+    assert canvas.shape[0] > image.shape[0]  # below the panel
+
+
 def test_outline_is_drawn_on_the_box_border_only():
     image = _image(1)
     canvas, _ = zoom.compose_panel(image, BOXES[:1], "below", thickness=1)
@@ -104,6 +117,14 @@ def _find_panel(out, cells, key, panel):
     return top, left
 
 
+def test_boxes_for_one_stem_or_every_stem():
+    zooms = [zoom.parse_box("1,2,3,4"), zoom.parse_box("b:5,6,7,8"), zoom.parse_box("a:auto")]
+    assert zooms == [(None, (1, 2, 3, 4)), ("b", (5, 6, 7, 8)), ("a", "auto")]
+    assert zoom.boxes_for(zooms, "a") == [(1, 2, 3, 4), "auto"]
+    assert zoom.boxes_for(zooms, "b") == [(1, 2, 3, 4), (5, 6, 7, 8)]
+    assert zoom.boxes_for([(1, 2, 3, 4), "auto"], "c") == [(1, 2, 3, 4), "auto"]  # plain boxes
+
+
 def test_rendered_png_shows_panels_and_insets_pixel_exact(tmp_path):
     fused = _dataset(tmp_path, methods=("m1", "m2"))
     out = tmp_path / "fig.png"
@@ -114,7 +135,7 @@ def test_rendered_png_shows_panels_and_insets_pixel_exact(tmp_path):
     thickness = 2  # ceil(1.5 / scale)
     for r, row in enumerate(rows):
         for c, source in enumerate(row.images):
-            panel, insets = zoom.compose_panel(source, BOXES, "br", thickness=thickness)
+            panel, insets = zoom.compose_panel(source, BOXES, "auto", thickness=thickness)
             top, left = _find_panel(png, drawn.cells, (r, c), panel)
             for box, (it, il, h, w) in zip(BOXES, insets):
                 region = png[top + it:top + it + h, left + il:left + il + w]
@@ -178,7 +199,8 @@ def test_cli_png_pdf_and_allow_missing(tmp_path, capsys):
     (["--stems", "zz"], 1, "stem 'zz' not found"),
     (["--stems", "a", "--zoom", "70,0,20,10"], 1, "lies outside pair 'a' (80x64 pixels)"),
     (["--stems", "a"] + ["--zoom", "1,1,2,2"] * 4, 2, "at most 3 boxes"),
-    (["--stems", "a", "--zoom", "1,2,3"], 2, "expected x,y,w,h"),
+    (["--stems", "a", "--zoom", "1,2,3"], 2, "expected [STEM:]x,y,w,h"),
+    (["--stems", "a", "--zoom", "zz:1,1,2,2"], 2, "stem(s) zz that --stems does not show"),
     (["--stems", "a", "--inset", "middle"], 2, "invalid choice"),
 ])
 def test_cli_bad_input_is_one_line_and_keeps_the_old_output(tmp_path, capsys, extra, code, message):
