@@ -50,12 +50,17 @@ def _digits(text):
     return value
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_folder_arguments(parser):
+    """--ir/--vi (--a/--b) and --fused, shared with figure.py."""
     parser.add_argument("--ir", "--a", dest="a", required=True, help="first source folder (IR / CT)")
     parser.add_argument("--vi", "--b", dest="b", required=True, help="second source folder (VIS / MRI)")
     parser.add_argument("--fused", action="append", required=True, metavar="[NAME=]DIR",
                         help="folder of fused images; repeat for several methods")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_folder_arguments(parser)
     parser.add_argument("--protocol", choices=PROTOCOLS, default="reference",
                         help="reference: CDDFuse's evaluator exactly (default); corrected: textbook")
     parser.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from ddfm.evaluation import EvaluationError
 from ddfm.figure import WIDTHS, FigureError, make_figure
 from ddfm.zoom import MAX_BOXES, PLACEMENTS, ZoomError, boxes_for, parse_box
-from evaluate import _parse_fused
+from evaluate import _parse_fused, add_folder_arguments
 
 
 def _box(text):
@@ -62,10 +62,7 @@ def _positive(kind):
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ir", "--a", dest="a", required=True, help="first source folder (IR / CT)")
-    parser.add_argument("--vi", "--b", dest="b", required=True, help="second source folder (VIS / MRI)")
-    parser.add_argument("--fused", action="append", required=True, metavar="[NAME=]DIR",
-                        help="folder of fused images; repeat for several methods")
+    add_folder_arguments(parser)
     parser.add_argument("--stems", required=True, help="comma-separated pairs to show, e.g. 07,24")
     parser.add_argument("--zoom", action="append", type=_box, default=[], metavar="x,y,w,h|auto",
                         help=f"box to magnify, in source pixels, on every pair or (STEM:x,y,w,h) on "

@@ -42,11 +42,9 @@ def main(argv=None):
     try:
         count = write_baselines(args.a, args.b, args.out)
     except (EvaluationError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        sys.exit(f"error: {err}")  # one line on stderr, exit status 1
     print(f"wrote {', '.join(BASELINES)} for {count} pair(s) into {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -227,3 +227,14 @@ def test_cli_unwritable_output_and_wrong_extension(tmp_path, capsys):
         figure.main([*map(str, _base_args(tmp_path, "m1")), "--stems", "a", "--out", str(tmp_path / "f.jpg")])
     assert exc.value.code == 2
     assert not list(Path(tmp_path).glob("*.tmp")) and not list(Path(tmp_path).glob(".*.tmp"))
+
+
+def test_baselines_are_the_mean_and_max_of_the_sources_luma(tmp_path):
+    from ddfm.baselines import write_baselines
+    ir, vi = _image(7, (20, 24)), _image(8, (20, 24))
+    write_png(tmp_path / "ir" / "s.png", ir)
+    write_png(tmp_path / "vi" / "s.png", vi)
+    assert write_baselines(tmp_path / "ir", tmp_path / "vi", tmp_path / "out") == 1
+    np.testing.assert_array_equal(read_png(tmp_path / "out" / "max" / "s.png"), np.maximum(ir, vi))
+    np.testing.assert_array_equal(read_png(tmp_path / "out" / "mean" / "s.png"),
+                                  (ir.astype(int) + vi) // 2)
