@@ -58,9 +58,10 @@ def main(argv=None):
             table = evaluate_run(config, args.save_dir, method=method, log=log)
             if table:
                 print(table)
+        report_failed = False
         if config.fusion["report"]:
             from ddfm.run import report_run
-            report_run(config, args.save_dir, method=method, log=log)
+            report_failed = report_run(config, args.save_dir, method=method, log=log) is None
     except USER_ERRORS as err:
         log(f"error: {one_line(err)}")
         return 2
@@ -70,7 +71,7 @@ def main(argv=None):
     failed = len(record["failed"])
     log(f"fused {len(record['fused'])} pair(s) into {args.save_dir}/recon"
         + (f"; {failed} pair(s) failed" if failed else ""))
-    return 1 if failed else 0
+    return 1 if failed or report_failed else 0
 
 
 if __name__ == "__main__":

@@ -191,6 +191,13 @@ def test_sample_report_true_has_the_run_settings(tmp_path):
     assert list(page.pairs) == ["x", "y"] and page.pairs["x"] == ["ir", "vi", "prior-free"]
     assert "<dt>prior</dt><dd>none</dd>" in page_text and "<dt>seed</dt><dd>11</dd>" in page_text
     assert ("reference", "EN", "prior-free") in page.best
+    # report must be true or false; a report that cannot be written fails the run (exit 1)
+    base = ["--input_dir", str(tmp_path / "in"), "--quiet", "prior=none"]
+    assert sample.main(base + ["--save_dir", str(out), "report=maybe"]) == 2
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "report").write_text("a file where the report folder should go")
+    assert sample.main(base + ["--save_dir", str(tmp_path / "out2"), "report=true"]) == 1
+    assert (tmp_path / "out2" / "recon" / "x.png").exists()
 
 
 def test_run_report_reads_run_json_defensively_and_shows_the_gif(tmp_path):
@@ -229,7 +236,7 @@ def _chromium(tmp_path, *args):
     return proc.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
+@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI", "").lower() not in ("true", "1"),
                     reason="headless Chromium not installed (CI installs it: .ci/run)")
 def test_report_renders_in_headless_chromium(tmp_path):
     assert CHROMIUM is not None, "CI must have Chromium (.ci/run installs it)"
