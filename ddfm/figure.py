@@ -135,7 +135,8 @@ def compose_row(row, boxes, placement="auto", factor=None, thickness=None):
 
 @dataclass
 class Layout:
-    """Cell positions in layout pixels (source pixels), rows/columns already transposed."""
+    """The composed panels on their grid (already transposed if asked) with the titles; sizes
+    are in layout pixels (source pixels)."""
     grid: list  # grid[r][c] = panel array
     missing: set  # (r, c) of the panels shown as "missing"
     col_titles: list

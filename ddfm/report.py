@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,9 @@ def direction(metric):
 
 
 def format_value(value):
-    if value is None or not math.isfinite(value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "\u2013" if value is None else str(value)
+    if not math.isfinite(value):
         return "\u2013"
     return f"{value:.2f}" if abs(value) >= 100 else f"{value:.4f}"
 
@@ -84,10 +85,14 @@ def summary_table(result):
     return {"protocol": result["protocol"], "columns": columns, "rows": rows}
 
 
+def _safe(name):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))[:40]
+
+
 def _slug(name, folder):
     """A folder name for a method's files: readable, and unique per source folder."""
     digest = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:40]}-{digest}"
+    return f"{_safe(name)}-{digest}"
 
 
 def _up_to_date(dest, src):
@@ -266,7 +271,7 @@ def write_report(out_dir, results, a_dir, b_dir, fused_dirs, source_names=("IR",
     summaries = [summary_table(r) for r in results]
     plots = []
     for k, result in enumerate(results):
-        path = distribution_plot(result, out_dir / "plots" / f"{k}_{_slug(result['protocol'], '')}.png")
+        path = distribution_plot(result, out_dir / "plots" / f"{k}_{_safe(result['protocol'])}.png")
         plots.append(path.relative_to(out_dir).as_posix() if path else None)
     timings = run_timings(run_record)
     pairs = gallery(out_dir, a_dir, b_dir, fused_dirs, results, source_names, gifs, timings)

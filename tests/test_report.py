@@ -15,7 +15,7 @@ import evaluate
 import sample
 from ddfm.config import load_config
 from ddfm.report import HIGHER_IS_BETTER, THUMB_SIDE, write_report, write_run_report
-from helpers import DIFFUSION_CONFIG, MODEL_CONFIG, ROOT, read_png, write_png
+from helpers import DIFFUSION_CONFIG, MODEL_CONFIG, read_png, write_png
 
 STEMS = ("p1", "p2", "p3")
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
