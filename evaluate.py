@@ -81,13 +81,18 @@ def _digits(text):
     return value
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_folder_arguments(parser):
+    """--ir/--vi (--a/--b) and --fused, shared with figure.py."""
     parser.add_argument("--ir", "--a", dest="a", required=True, help="first source folder (IR / CT)")
     parser.add_argument("--vi", "--b", dest="b", required=True, help="second source folder (VIS / MRI)")
     parser.add_argument("--fused", action="append", required=True, metavar="[NAME=]DIR",
                         help="folder of fused images (or a sample.py save folder); repeat for "
                              "several methods")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_folder_arguments(parser)
     parser.add_argument("--protocol", action="append",
                         choices=ALL_PROTOCOLS + tuple(PROTOCOL_ALIASES) + ("all",),
                         help="reference (= cddfuse): CDDFuse's evaluator exactly (default); corrected: "
@@ -99,6 +104,7 @@ def build_parser():
     parser.add_argument("--json", type=Path, help="write per-image and mean values as JSON")
     parser.add_argument("--csv", type=Path, help="write per-image and mean values as CSV")
     parser.add_argument("--digits", type=_digits, default=4, help="decimals in the printed table (>= 0)")
+    parser.add_argument("--report", type=Path, metavar="DIR", help="write a static HTML report DIR/index.html")
     return parser
 
 
@@ -112,8 +118,8 @@ def main(argv=None):
         print(f"note: {message}", file=sys.stderr)
 
     try:
-        results = evaluate_protocols(args.a, args.b, _parse_fused(args.fused, note),
-                                     protocols=args.protocol or ["reference"],
+        fused = _parse_fused(args.fused, note)
+        results = evaluate_protocols(args.a, args.b, fused, protocols=args.protocol or ["reference"],
                                      metrics=_parse_metrics(args.metrics), warn=warn,
                                      allow_missing=args.allow_missing)
         print("\n\n".join(format_table(result, digits=args.digits) for result in results))
@@ -121,6 +127,9 @@ def main(argv=None):
             write_json(results, args.json)
         if args.csv:
             write_csv(results, args.csv)
+        if args.report:
+            from ddfm.report import write_report
+            print(f"report: {write_report(args.report, results, args.a, args.b, fused)}", file=sys.stderr)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -54,12 +54,16 @@ def main(argv=None):
         config = load_config(args.model_config, args.diffusion_config, args.fusion_config, overrides)
         record = run(config, save_dir=args.save_dir, overwrite=args.overwrite, log=log,
                      progress=not args.quiet)
+        method = "DDFM" if record["prior"]["prior"] == "adm" else "prior-free"
         if config.fusion["evaluate"]:
             from ddfm.run import evaluate_run
-            method = "DDFM" if record["prior"]["prior"] == "adm" else "prior-free"
             table = evaluate_run(config, args.save_dir, method=method, log=log)
             if table:
                 print(table)
+        report_failed = False
+        if config.fusion["report"]:
+            from ddfm.run import report_run
+            report_failed = report_run(config, args.save_dir, method=method, log=log) is None
     except USER_ERRORS as err:
         log(f"error: {one_line(err)}")
         return 2
@@ -72,7 +76,7 @@ def main(argv=None):
     counts = record["counts"]
     log(f"fused {counts['fused']}, skipped {counts['skipped']} (already fused), failed {counts['failed']} "
         f"pair(s)" + (f"; {args.save_dir}/recon holds {counts['in_folder']} image(s)" if "in_folder" in counts else ""))
-    return 1 if counts["failed"] or "record_error" in record else 0
+    return 1 if counts["failed"] or "record_error" in record or report_failed else 0
 
 
 def _interrupt(signum, frame):

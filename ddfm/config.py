@@ -35,6 +35,7 @@ FUSION_DEFAULTS = {
     "prior": "auto",
     "evaluate": False,
     "eval_protocol": "reference",
+    "report": False,
     "device": "auto",
     "dtype": "fp32",
     "batch_size": 1,
@@ -51,7 +52,7 @@ FUSION_CHOICES = {
     # ddfm.metrics.ALL_PROTOCOLS, its alias and "all" (not imported: configs load without SciPy)
     "eval_protocol": ("reference", "cddfuse", "corrected", "tang", "all"),
 }
-BOOL_KEYS = ("record", "evaluate", "channels_last", "compile")
+BOOL_KEYS = ("record", "evaluate", "report", "channels_last", "compile")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
 # What torch.Generator.manual_seed accepts (a signed or unsigned 64-bit integer).

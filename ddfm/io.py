@@ -6,8 +6,6 @@ when the file really is colour so that its chroma can be put back on the fused l
 `metrics_io.decode_rgb8`, shared with the metrics, so a file has the same luma for fusion and for
 evaluation; arrays given to the Python API follow the same convention (`source_from_array`).
 """
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 from PIL import Image
 
 from ddfm import color
+from ddfm.files import publish, write_atomic as _write_atomic  # noqa: F401 (publish: re-exported)
 from ddfm.metrics_io import IMAGE_EXTENSIONS, UnsupportedImageError, decode_rgb8, luma_from_rgb8
 
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
@@ -229,46 +228,6 @@ def recombine_chroma(grey_u8, rgb):
     ycc[:, 0] = torch.from_numpy(grey_u8.astype(np.float64) / 255.0)
     out = color.ycbcr_bt601_to_rgb(ycc)[0].permute(1, 2, 0).numpy() * 255.0
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-def _read_umask():
-    """The process umask: it can only be read by setting it, so this runs once, at import."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def publish(tmp, path):
-    """Move a finished temporary file onto `path` atomically, readable as a plainly created file.
-
-    mkstemp creates its files 0600 whatever the umask, which would leave every output private to
-    its owner; the file gets the mode open() would give it (0o666 & ~umask) before the rename.
-    """
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path, save, before_publish=None):
-    """Call save(handle) on a temporary file next to `path`, then publish it: never half a file.
-
-    before_publish() runs between the two (sample.py journals the image there, see ddfm.journal).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The .tmp suffix keeps a leftover (after a kill) from being taken for an image by any reader.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            save(handle)
-        if before_publish is not None:
-            before_publish()
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_image_atomic(path, array, before_publish=None):

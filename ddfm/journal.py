@@ -149,7 +149,7 @@ class FolderState:
 
 
 def remove_leftovers(save_dir):
-    """Temporary files of a killed run (io._write_atomic, write_json_atomic): never images."""
+    """Temporary files of a killed run (files.write_atomic, write_json_atomic): never images."""
     save_dir = Path(save_dir)
     patterns = [(save_dir, ".run.json.*"), (save_dir / "recon", ".*.tmp"), (save_dir / "progress", "**/.*.tmp")]
     removed = 0

@@ -342,14 +342,19 @@ def write_record(save_dir, header, run_id, runlog, rank, world, finished, log):
     return record
 
 
+def source_folders(config):
+    """The two modality folders of the run's input_dir, spelled as on disk."""
+    root = Path(config.fusion["input_dir"])
+    first, second = resolve_modalities(root, config.fusion["modalities"], lambda message: None)
+    return root / first, root / second
+
+
 def evaluate_run(config, save_dir, method="DDFM", log=print):
     """The metrics tables of a finished run (protocol(s): eval_protocol); also saved as metrics.json."""
     from ddfm.evaluation import EvaluationError, evaluate_protocols, format_table, write_json
 
-    root = Path(config.fusion["input_dir"])
-    first, second = config.fusion["modalities"]
     try:
-        results = evaluate_protocols(root / first, root / second, {method: Path(save_dir) / "recon"},
+        results = evaluate_protocols(*source_folders(config), {method: Path(save_dir) / "recon"},
                                      protocols=[config.fusion.get("eval_protocol", "reference")],
                                      warn=lambda message: log(f"warning: {message}"), allow_missing=True)
     except EvaluationError as err:
@@ -357,3 +362,9 @@ def evaluate_run(config, save_dir, method="DDFM", log=print):
         return ""
     write_json(results, Path(save_dir) / "metrics.json")
     return "\n\n".join(format_table(result) for result in results)
+
+
+def report_run(config, save_dir, method="DDFM", log=print):
+    """The HTML report of a finished run, <save_dir>/report/index.html (see ddfm.report)."""
+    from ddfm.report import write_run_report
+    return write_run_report(config, save_dir, method, *source_folders(config), log=log)
