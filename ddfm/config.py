@@ -38,7 +38,7 @@ FUSION_DEFAULTS = {
     "dtype": "fp32",
     "batch_size": 1,
     "channels_last": False,
-    "compile": False,
+    "compile": "none",
 }
 FUSION_CHOICES = {
     "variant": ("official", "paper"),
@@ -46,9 +46,10 @@ FUSION_CHOICES = {
     "color": ("auto", "grey"),
     "normalize": ("minmax", "clip"),
     "prior": ("auto", "adm", "none"),
-    "dtype": ("fp32", "fp16", "bf16"),
+    "dtype": ("fp32", "tf32", "bf16", "fp16", "bf16-autocast", "fp16-autocast"),
+    "compile": ("none", "unet", "step", "graph"),
 }
-BOOL_KEYS = ("record", "evaluate", "channels_last", "compile")
+BOOL_KEYS = ("record", "evaluate", "channels_last")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
 # Where the project lives: configs and a relative model_path are found from here as well.
@@ -132,6 +133,8 @@ def apply_overrides(config, overrides):
 
 def validate_fusion(fusion):
     """Type- and choice-check the fusion section in place; returns it."""
+    if isinstance(fusion["compile"], bool):  # the earlier true/false form: true compiled the UNet
+        fusion["compile"] = "unet" if fusion["compile"] else "none"
     for key, choices in FUSION_CHOICES.items():
         value = str(fusion[key]).lower()
         if value not in choices:
