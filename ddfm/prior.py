@@ -25,18 +25,18 @@ PRECISIONS = {
 COMPILE_MODES = ("none", "unet", "step", "graph")
 
 
-def set_tf32(enabled):
-    """TF32 for CUDA float32 convolutions and matmuls: off gives exact float32 (PyTorch's default
-    turns it on for cuDNN convolutions). Uses the fp32_precision API where torch has it: mixing it
-    with the legacy allow_tf32 flags is an error there."""
-    value = "tf32" if enabled else "ieee"
+def set_tf32(enabled, matmul=None):
+    """TF32 for CUDA float32 convolutions (and matmuls: `matmul`, default the same): off gives
+    exact float32 (PyTorch's default turns it on for cuDNN convolutions only). Uses the
+    fp32_precision API where torch has it: mixing it with the legacy flags is an error there."""
+    matmul = enabled if matmul is None else matmul
     conv = getattr(torch.backends.cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):
-        conv.fp32_precision = value
-        torch.backends.cuda.matmul.fp32_precision = value
+        conv.fp32_precision = "tf32" if enabled else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
     else:
         torch.backends.cudnn.allow_tf32 = enabled
-        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def resolve_device(name):
@@ -94,7 +94,8 @@ class PriorModel(torch.nn.Module):
         return out.float()
 
 
-def wrap_unet(unet, device, dtype="fp32", channels_last=False, compile_mode="none"):
+def wrap_unet(unet, device, dtype="fp32", channels_last=False, compile_mode="none",
+              backend="inductor"):
     """An eval-mode UNet on `device` as the sampler's model: precision, memory format, TF32 flag
     (on for dtype tf32 only) and, for compile_mode "unet", torch.compile with static shapes."""
     if device.type == "cuda":
@@ -103,7 +104,7 @@ def wrap_unet(unet, device, dtype="fp32", channels_last=False, compile_mode="non
     model = PriorModel(unet, dtype=dtype, channels_last=channels_last)
     if compile_mode == "unet":
         # dynamic=False: one graph per image size, never a dynamic-shape graph.
-        model = torch.compile(model, dynamic=False)
+        model = torch.compile(model, dynamic=False, backend=backend)
     return model
 
 

@@ -77,6 +77,7 @@ class StepFunction:
     def _step(self, x, t, noise, rectify):
         return self.diffusion.sample_step(self.model, x, t, rectify_fn=rectify, noise=noise)
 
+    @torch.no_grad()  # sampling never needs gradients; a compiled step also guards on this mode
     def __call__(self, x, t, noise, rectify):
         if not self.graphs:
             return self.run(x, t, noise, rectify)
