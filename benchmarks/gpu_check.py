@@ -180,9 +180,13 @@ def run_row(bench, mode, size_key):
     fill_timing(bench, row, seconds, warm_s, h, w, batch)
     if MODES[mode][2] != "none":
         row["graphs"], row["graph_breaks"] = dynamo_counts()
+    if not torch.isfinite(fused).all():
+        row["note"] = "non-finite values in the fused output"
     bench.fused[(mode, size_key)] = [io.luma_to_uint8(f[0], "minmax") for f in fused.cpu().numpy()]
     if args.profile == f"{mode}@{size_key}":
-        bench.profile = profile_steps(step, bench.diffusion, a, b, x_T, device, args.profile_steps)
+        bench.profile = profile_steps(
+            lambda: (warm_up(step, bench.diffusion, a, b, x_T, args.profile_steps), sync(device)),
+            device, args.profile_steps)
     return row
 
 
@@ -230,6 +234,11 @@ def compare_to_exact(bench, rows):
         row["max_abs_diff"] = max(float(d.max()) for d in diffs)
 
 
+def is_out_of_memory(err):
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
+
+
 def fit_trial(bench, model, step, side, limit_gb):
     """One DDFM step at side x side under the allocator cap; True when it fits."""
     if bench.device.type != "cuda":
@@ -262,7 +271,9 @@ def largest_square(bench, limit_gb):
                 best, low = side, side
                 if device.type == "cuda":
                     peak = torch.cuda.max_memory_allocated(device) / 2**30
-            except torch.OutOfMemoryError:
+            except RuntimeError as err:  # cuDNN/cuBLAS report a failed workspace their own way
+                if not is_out_of_memory(err):
+                    raise
                 high = side
             free_memory(device)
             side = low * 2 if high is None else (low + high) // 64 * 32
@@ -319,9 +330,10 @@ def run_plan(bench, plan, deadline):
             rows[-1]["wall_s"] = time.monotonic() - began
         except RowTimeout:
             rows.append(skipped_row(entry, "stopped: the time budget ran out during this row"))
-        except torch.OutOfMemoryError:
-            rows.append(skipped_row(entry, "error: out of memory"))
         except Exception as err:  # one broken row must not lose the others
+            if is_out_of_memory(err):
+                rows.append(skipped_row(entry, "error: out of memory"))
+                continue
             rows.append(skipped_row(entry, f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"))
         finally:
             signal.alarm(0)
@@ -377,9 +389,19 @@ def write_outputs(bench, rows, out_dir):
     record = {"environment": bench.env, "settings": {k: v for k, v in vars(bench.args).items()},
               "flops_per_forward": {f"{h}x{w}": f for (h, w), f in bench.flops.items()},
               "columns": list(COLUMNS), "rows": clean, "profile": getattr(bench, "profile", None)}
-    text = json.dumps(record, indent=2, default=str).replace("Infinity", '"inf"')
-    (out_dir / f"{stem}.json").write_text(text)
+    (out_dir / f"{stem}.json").write_text(json.dumps(jsonable(record), indent=2, default=str))
     return out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
+
+
+def jsonable(value):
+    """Strict JSON: non-finite floats become the strings "inf", "-inf", "nan"."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def parse_args(argv):

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import guided_diffusion
 from ddfm import io
 from ddfm.color import to_signed
-from ddfm.config import read_yaml
+from ddfm.config import locate_model_path, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,14 +104,19 @@ def randomise_(unet, seed=0):
 
 def host_weights(config, model_path, device, seed=0):
     """The UNet's float32 state dict on the host and a line saying where it came from."""
+    model_path = locate_model_path(model_path)
     if model_path and Path(model_path).is_file():
         unet = guided_diffusion.create_model(**config, model_path=model_path)
-        return unet.state_dict(), f"checkpoint {model_path} (real weights)"
-    with torch.device(device):
-        unet = guided_diffusion.create_model(**config)
-    randomise_(unet, seed)
-    weights = {k: v.detach().to("cpu") for k, v in unet.state_dict().items()}
-    return weights, f"random weights (seed {seed}, every parameter re-drawn on {device}; no checkpoint)"
+        source = f"checkpoint {model_path} (real weights)"
+    else:
+        with torch.device(device):
+            unet = guided_diffusion.create_model(**config)
+        randomise_(unet, seed)
+        source = f"random weights (seed {seed}, every parameter re-drawn on {device}; no checkpoint)"
+    pin = device.type == "cuda"  # pinned host memory: each row's copy to the GPU is faster
+    weights = {k: (v.detach().cpu().pin_memory() if pin else v.detach().cpu())
+               for k, v in unet.state_dict().items()}
+    return weights, source
 
 
 def fresh_unet(config, weights, device):

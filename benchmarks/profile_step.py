@@ -46,15 +46,13 @@ def kind_of(name):
     return "other"
 
 
-def profile_steps(step, diffusion, a, b, x_T, device, count=3):
-    """Profile `count` steps; returns {"shares": {kind: fraction}, "groupnorm32_share", "total_ms"}."""
-    from gpu_check import sync, warm_up
-
+def profile_steps(run_steps, device, count):
+    """Profile run_steps() (`count` sampling steps, synchronised at the end); returns
+    {"shares": {kind: fraction of the operators' time}, "groupnorm32_share", "total_ms", ...}."""
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with labelled_groupnorm(), profile(activities=activities) as prof:
-        warm_up(step, diffusion, a, b, x_T, count)
-        sync(device)
+        run_steps()
     events = prof.key_averages()
 
     def self_time(evt):
