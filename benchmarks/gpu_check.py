@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import guided_diffusion  # noqa: E402
 import gpu_setup  # noqa: E402
 from ddfm import io  # noqa: E402
-from ddfm.prior import wrap_unet  # noqa: E402
+from ddfm.prior import set_tf32, wrap_unet  # noqa: E402
 from ddfm.sampling import Rectifier, StepFunction, ddfm_sample, per_image_noise, seeded_generators  # noqa: E402
 from official_like import official_like_sample, original_attention  # noqa: E402
 from profile_step import profile_steps  # noqa: E402
@@ -108,7 +109,6 @@ class Bench:
         unet = gpu_setup.fresh_unet(self.config, self.weights, self.device)
         model = wrap_unet(unet, self.device, dtype, channels_last, compile_mode, self.backend)
         if mode == "official_like" and self.device.type == "cuda":
-            from ddfm.prior import set_tf32
             set_tf32(True, matmul=False)  # PyTorch's defaults, as the official code runs today
         return model, StepFunction(model, self.diffusion, compile_mode, backend=self.backend)
 
@@ -156,7 +156,7 @@ def run_row(bench, mode, size_key):
     x_T = per_image_noise(seeded_generators(3407, batch), (3, h, w), device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with (original_attention() if official else _nothing()), tempfile.TemporaryDirectory() as png_dir:
+    with (original_attention() if official else nullcontext()), tempfile.TemporaryDirectory() as png_dir:
         start = time.perf_counter()
         if official:
             official_like_sample(model, bench.diffusion, a, b, x_T, png_dir, max_steps=args.warmup_steps)
@@ -188,14 +188,6 @@ def run_row(bench, mode, size_key):
             lambda: (warm_up(step, bench.diffusion, a, b, x_T, args.profile_steps), sync(device)),
             device, args.profile_steps)
     return row
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def fill_timing(bench, row, seconds, warm_s, h, w, batch):
@@ -437,7 +429,7 @@ def select_plan(args):
     for entry in plan:
         mode, _, size = entry.partition("@")
         if entry != "fit" and (mode not in MODES or size not in SIZES):
-            raise SystemExit(f"--rows: unknown entry {entry!r} (MODE@SIZE with MODE in "
+            raise ValueError(f"--rows: unknown entry {entry!r} (MODE@SIZE with MODE in "
                              f"{', '.join(MODES)}, SIZE in {', '.join(SIZES)}, or 'fit')")
     if args.sizes:
         keep = set(args.sizes.split(","))
@@ -455,7 +447,13 @@ def main(argv=None):
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run with --dry-run to check the code path on the CPU")
         return 2
-    plan = select_plan(args)
+    try:
+        if args.steps < 2:
+            raise ValueError(f"--steps {args.steps}: at least 2 sampling steps are needed")
+        plan = select_plan(args)
+    except ValueError as err:
+        print(f"gpu_check: {err}", file=sys.stderr)
+        return 2
     bench = Bench(args)
     if bench.device.type == "cuda":
         bench.env["matmul_tflops"] = gpu_setup.measured_matmul_tflops(bench.device)

@@ -5,7 +5,6 @@ their float32 casts too (what the fast path pays for keeping GroupNorm in float3
 """
 from contextlib import contextmanager
 
-import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from guided_diffusion.nn import GroupNorm32
