@@ -10,9 +10,7 @@ a short warm-up, then one timed DDFM run between torch.cuda.synchronize() calls.
 stdout and to <out>/gpu_check.csv and .json (gpu_check_dry.* for a dry run). See benchmarks/README.md.
 """
 import argparse
-import csv
 import gc
-import json
 import math
 import signal
 import sys
@@ -31,7 +29,9 @@ import guided_diffusion  # noqa: E402
 import gpu_setup  # noqa: E402
 from ddfm import io  # noqa: E402
 from ddfm.prior import set_tf32, wrap_unet  # noqa: E402
-from ddfm.sampling import Rectifier, StepFunction, ddfm_sample, per_image_noise, seeded_generators  # noqa: E402
+from ddfm.sampling import (Rectifier, StepFunction, ddfm_sample, per_image_noise,  # noqa: E402
+                           seeded_generators)
+from gpu_table import COLUMNS, format_row, header_lines, write_outputs  # noqa: E402
 from official_like import official_like_sample, original_attention  # noqa: E402
 from profile_step import profile_steps  # noqa: E402
 
@@ -58,9 +58,7 @@ PLAN = ("fp32_exact@480x640", "fp32_tf32@480x640", "fp16_autocast@480x640", "bf1
         "bf16_cl@256b8", "bf16@768x1024", "bf16_cl@768x1024", "fit", "bf16_compile@480x640",
         "bf16_step@480x640", "bf16_graph@480x640", "bf16_graph@256b8")
 FIT_LIMITS_GB = (12, 24)
-COLUMNS = ("row", "size", "batch", "steps", "s_per_pair", "pairs_per_s", "ms_per_step", "unet_ms",
-           "outside_ms", "compile_s", "peak_alloc_gb", "peak_reserved_gb", "tflops", "frac_peak",
-           "psnr_db", "max_abs_diff", "graphs", "graph_breaks", "wall_s", "note")
+
 
 
 class RowTimeout(Exception):
@@ -338,62 +336,6 @@ def run_plan(bench, plan, deadline):
 def skipped_row(entry, note):
     mode, _, size_key = entry.partition("@")
     return {"row": mode, "size": size_key, "note": note}
-
-
-def format_value(value):
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.4g}"
-    return str(value)
-
-
-def format_row(row):
-    return " | ".join(format_value(row.get(c)) for c in COLUMNS)
-
-
-def header_lines(bench):
-    env = bench.env
-    lines = [f"device: {env['name']} ({env['device']})  torch {env['torch']}"]
-    if bench.device.type == "cuda":
-        lines.append(f"driver {env['driver']}  CUDA {env['cuda']}  cuDNN {env['cudnn']}  "
-                     f"memory {env['memory_gb']} GB  capability {env['capability']}")
-    peak = f"{bench.peak:g} TFLOP/s" if bench.peak else "unknown (pass --peak-tflops)"
-    lines.append(f"weights: {env['weights']}")
-    lines.append(f"bf16 dense peak used for frac_peak: {peak}"
-                 + (f"; measured bf16 matmul {env['matmul_tflops']:.0f} TFLOP/s"
-                    if env.get("matmul_tflops") else ""))
-    lines.append(f"steps {bench.args.steps}, warm-up {bench.args.warmup_steps} steps per row, "
-                 f"UNet FLOPs per forward: " + ", ".join(
-                     f"{h}x{w} {f / 1e12:.4g} T" for (h, w), f in sorted(bench.flops.items())))
-    return lines
-
-
-def write_outputs(bench, rows, out_dir):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "gpu_check_dry" if bench.args.dry_run else "gpu_check"
-    clean = [{c: row.get(c) for c in COLUMNS} for row in rows]
-    with open(out_dir / f"{stem}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({c: format_value(r[c]) if isinstance(r[c], float) else r[c] for c in COLUMNS}
-                         for r in clean)
-    record = {"environment": bench.env, "settings": {k: v for k, v in vars(bench.args).items()},
-              "flops_per_forward": {f"{h}x{w}": f for (h, w), f in bench.flops.items()},
-              "columns": list(COLUMNS), "rows": clean, "profile": getattr(bench, "profile", None)}
-    (out_dir / f"{stem}.json").write_text(json.dumps(jsonable(record), indent=2, default=str))
-    return out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
-
-
-def jsonable(value):
-    """Strict JSON: non-finite floats become the strings "inf", "-inf", "nan"."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def parse_args(argv):
