@@ -101,3 +101,12 @@ def test_compile_key_accepts_modes_and_the_old_booleans(value, expected):
 def test_compile_key_rejects_unknown_modes():
     with pytest.raises(ConfigError, match="compile='fast' is not one of none, unet, step, graph"):
         validate_fusion(dict(FUSION_DEFAULTS, compile="fast"))
+
+
+def test_compile_step_config_builds_one_compiled_step_for_the_fuser():
+    """`compile: step` reaches the sampling loop: the Fuser holds one compiled StepFunction."""
+    import ddfm
+    fuser = ddfm.load_fuser(model_config=TINY_MODEL_CONFIG, model_path=str(TINY_WEIGHTS), prior="adm",
+                            device="cpu", compile="step", log=lambda message: None)
+    assert isinstance(fuser.step, StepFunction) and fuser.step.model is fuser.model
+    assert fuser.step.run != fuser.step._step  # the torch.compile wrapper, built once

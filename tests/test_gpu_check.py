@@ -46,10 +46,10 @@ def test_every_planned_row_has_real_values(dry_run):
         assert not row["note"].startswith(("error", "skipped", "stopped")), row
         assert row["s_per_pair"] > 0 and row["ms_per_step"] > 0 and row["tflops"] > 0, row
         assert math.isclose(row["ms_per_step"] * row["steps"] / 1e3, row["s_per_pair"] * batch, rel_tol=1e-6)
-        if gpu_check.MODES[mode][2] in ("none", "unet"):
-            assert row["unet_ms"] > 0 and math.isclose(row["outside_ms"], row["ms_per_step"] - row["unet_ms"])
-        else:
+        assert row["unet_ms"] > 0 and math.isclose(row["outside_ms"], row["ms_per_step"] - row["unet_ms"])
+        if gpu_check.MODES[mode][2] in ("step", "graph"):
             assert row["graphs"] == 1 and row["graph_breaks"] == 0, row  # the whole step: one graph
+            assert "unet_ms of bf16_compile" in row["note"]
 
 
 def test_reduced_precision_rows_are_compared_with_the_exact_row(dry_run):
