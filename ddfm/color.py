@@ -126,6 +126,8 @@ def ycbcr_bt601_to_rgb(ycc):
 # The loop therefore needs just the Y row going in and that shift coming out, never the full
 # 3x3 round trip (which the official code does on the CPU in float64 at every step).
 STUDIO_Y_GAIN = 255.0 / 219.0
+# The studio Y row as Python floats, read once: a per-call .tolist() would break a compiled step.
+STUDIO_Y_WEIGHTS = tuple(float(w) for w in YCBCR_FROM_RGB[0])
 
 
 def official_luma_in(x0):
@@ -135,7 +137,7 @@ def official_luma_in(x0):
     (16 + 65.481 R + 128.553 G + 24.966 B)/255, in [(16-219)/255, 235/255] for clamped x0; the
     second copy is what ``official_luma_out`` needs. Equals channel 0 of ``rgb_to_ycbcr_studio``.
     """
-    wr, wg, wb = YCBCR_FROM_RGB[0].tolist()
+    wr, wg, wb = STUDIO_Y_WEIGHTS
     y = wr * x0[:, 0:1] + wg * x0[:, 1:2] + wb * x0[:, 2:3]
     f_tilde = (y + 16.0) / 255
     return f_tilde, f_tilde

@@ -40,7 +40,7 @@ FUSION_DEFAULTS = {
     "dtype": "fp32",
     "batch_size": 1,
     "channels_last": False,
-    "compile": False,
+    "compile": "none",
 }
 FUSION_CHOICES = {
     "variant": ("official", "paper"),
@@ -48,11 +48,12 @@ FUSION_CHOICES = {
     "color": ("auto", "grey"),
     "normalize": ("minmax", "clip"),
     "prior": ("auto", "adm", "none"),
-    "dtype": ("fp32", "fp16", "bf16"),
+    "dtype": ("fp32", "tf32", "bf16", "fp16", "bf16-autocast", "fp16-autocast"),
+    "compile": ("none", "unet", "step", "graph"),
     # ddfm.metrics.ALL_PROTOCOLS, its alias and "all" (not imported: configs load without SciPy)
     "eval_protocol": ("reference", "cddfuse", "corrected", "tang", "all"),
 }
-BOOL_KEYS = ("record", "evaluate", "report", "channels_last", "compile")
+BOOL_KEYS = ("record", "evaluate", "report", "channels_last")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
 # What torch.Generator.manual_seed accepts (a signed or unsigned 64-bit integer).
@@ -145,6 +146,8 @@ def apply_overrides(config, overrides):
 
 def validate_fusion(fusion):
     """Type- and choice-check the fusion section in place; returns it."""
+    if isinstance(fusion["compile"], bool):  # the earlier true/false form: true compiled the UNet
+        fusion["compile"] = "unet" if fusion["compile"] else "none"
     for key, choices in FUSION_CHOICES.items():
         value = str(fusion[key]).lower()
         if value not in choices:

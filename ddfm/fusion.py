@@ -8,7 +8,7 @@ import torch
 from ddfm import io
 from ddfm.color import rgb_to_luma, to_signed
 from ddfm.bayesfusion import bayes_fuse, to_uint8 as bayes_to_uint8
-from ddfm.sampling import ddfm_sample
+from ddfm.sampling import StepFunction, ddfm_sample
 
 
 def chroma_source(src_a, src_b, color_mode):
@@ -34,6 +34,8 @@ class Fuser:
         self.model = model
         self.diffusion = diffusion
         self.device = torch.device(device)
+        # Built once, so a compiled step ("compile: step" / "graph") is compiled once per size.
+        self.step = None if model is None else StepFunction(model, diffusion, fusion.get("compile", "none"))
 
     @property
     def prior_free(self):
@@ -91,7 +93,7 @@ class Fuser:
 
         fused = ddfm_sample(self.model, self.diffusion, a, b, variant=self.fusion["variant"],
                             lamb=self.fusion["lamb"], rho=self.fusion["rho"], seed=self.seed,
-                            valid_hw=sizes, callback=callback, progress=progress)
+                            valid_hw=sizes, callback=callback, progress=progress, step=self.step)
         fused = fused[:, 0].cpu().numpy()
         outputs = []
         for k, (src_a, src_b) in enumerate(pairs):

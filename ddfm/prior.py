@@ -12,7 +12,31 @@ import guided_diffusion
 from ddfm.config import ConfigError
 from guided_diffusion.checkpoint import CheckpointError, missing_file_message
 
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# dtype key -> (dtype the UNet's block convs are cast to once, autocast dtype). GroupNorm, the
+# timestep MLP, the output conv, the EM step and the sampler maths stay float32 in every mode.
+PRECISIONS = {
+    "fp32": (None, None),
+    "tf32": (None, None),
+    "bf16": (torch.bfloat16, None),
+    "fp16": (torch.float16, None),
+    "bf16-autocast": (None, torch.bfloat16),
+    "fp16-autocast": (None, torch.float16),
+}
+COMPILE_MODES = ("none", "unet", "step", "graph")
+
+
+def set_tf32(enabled, matmul=None):
+    """TF32 for CUDA float32 convolutions (and matmuls: `matmul`, default the same): off gives
+    exact float32 (PyTorch's default turns it on for cuDNN convolutions only). Uses the
+    fp32_precision API where torch has it: mixing it with the legacy flags is an error there."""
+    matmul = enabled if matmul is None else matmul
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = "tf32" if enabled else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = enabled
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def resolve_device(name):
@@ -42,12 +66,20 @@ def resolve_prior(mode, model_config):
 
 
 class PriorModel(torch.nn.Module):
-    """model(x, t) with the fast-path settings: autocast dtype and channels-last; output float32."""
+    """model(x, t) with the fast-path settings: precision mode and channels-last; output float32.
+
+    dtype "bf16"/"fp16" casts the block convs of `unet` (in place) once; "*-autocast" leaves the
+    weights float32 and lets autocast cast them at every forward.
+    """
 
     def __init__(self, unet, dtype="fp32", channels_last=False):
         super().__init__()
+        weight_dtype, self.autocast_dtype = PRECISIONS[dtype]
+        if weight_dtype is not None:
+            unet.convert_blocks(weight_dtype)
+        if channels_last:
+            unet = unet.to(memory_format=torch.channels_last)
         self.unet = unet
-        self.autocast_dtype = AUTOCAST_DTYPES.get(dtype)
         self.channels_last = channels_last
 
     def forward(self, x, timesteps):
@@ -62,16 +94,24 @@ class PriorModel(torch.nn.Module):
         return out.float()
 
 
-def build_prior(model_config, device, dtype="fp32", channels_last=False, compile_model=False):
-    """Build the UNet, load its checkpoint strictly and wrap it for sampling."""
-    unet = guided_diffusion.create_model(**model_config)
+def wrap_unet(unet, device, dtype="fp32", channels_last=False, compile_mode="none",
+              backend="inductor"):
+    """An eval-mode UNet on `device` as the sampler's model: precision, memory format, TF32 flag
+    (on for dtype tf32 only) and, for compile_mode "unet", torch.compile with static shapes."""
+    if device.type == "cuda":
+        set_tf32(dtype == "tf32")
     unet = unet.to(device).eval().requires_grad_(False)
-    if channels_last:
-        unet = unet.to(memory_format=torch.channels_last)
     model = PriorModel(unet, dtype=dtype, channels_last=channels_last)
-    if compile_model:
-        model = torch.compile(model)
+    if compile_mode == "unet":
+        # dynamic=False: one graph per image size, never a dynamic-shape graph.
+        model = torch.compile(model, dynamic=False, backend=backend)
     return model
+
+
+def build_prior(model_config, device, dtype="fp32", channels_last=False, compile_mode="none"):
+    """Build the UNet, load its checkpoint strictly and wrap it for sampling (see wrap_unet)."""
+    unet = guided_diffusion.create_model(**model_config)
+    return wrap_unet(unet, device, dtype, channels_last, compile_mode)
 
 
 def build_diffusion(diffusion_config):

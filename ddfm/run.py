@@ -87,7 +87,7 @@ def build_fuser(config, log):
         return Fuser(fusion, seed=seed, device=device), {"prior": "none", "reason": reason}
     try:
         model = build_prior(config.model, device, dtype=fusion["dtype"],
-                            channels_last=fusion["channels_last"], compile_model=fusion["compile"])
+                            channels_last=fusion["channels_last"], compile_mode=fusion["compile"])
     except (TypeError, ValueError) as err:  # flags the UNet cannot be built from
         raise ConfigError(f"model config: {err}") from None
     diffusion = build_diffusion(config.diffusion)

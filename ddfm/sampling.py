@@ -3,6 +3,8 @@
 The loop only does maths on tensors: it never reads or writes files. Whoever wants the
 per-step images (the CLI's `record`) passes a `callback`.
 """
+from dataclasses import replace
+
 import torch
 
 from ddfm import color, em
@@ -21,6 +23,74 @@ def per_image_noise(generators, shape, device):
     """Standard normal noise (N, *shape): row k from generators[k]."""
     rows = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
     return torch.stack(rows).to(device)
+
+
+class StepNoise:
+    """Each step's noise from the per-image CPU generators (so results stay device-independent),
+    drawn one step ahead: on CUDA into pinned memory with a non-blocking copy, so the draw and the
+    copy overlap the step running on the GPU instead of stalling it.
+
+    Loop use: noise = take(); launch the step; prefetch(). The draws are those of
+    ``per_image_noise`` once per step, in order.
+    """
+
+    def __init__(self, generators, shape, device, steps):
+        self.generators, self.shape, self.device = generators, tuple(shape), torch.device(device)
+        self.left = steps
+        self.pending = None
+        self.prefetch()
+
+    def _draw(self):
+        pinned = self.device.type == "cuda"
+        buffer = torch.empty((len(self.generators), *self.shape), pin_memory=pinned)
+        for k, generator in enumerate(self.generators):
+            torch.randn(self.shape, generator=generator, out=buffer[k])
+        return buffer.to(self.device, non_blocking=pinned)
+
+    def prefetch(self):
+        if self.pending is None and self.left > 0:
+            self.pending = self._draw()
+            self.left -= 1
+
+    def take(self):
+        self.prefetch()
+        noise, self.pending = self.pending, None
+        return noise
+
+
+class StepFunction:
+    """One sampling step: UNet -> x0 -> EM rectification -> sampler update, eager or compiled.
+
+    compile_mode "step" compiles the whole step as one graph (static shapes: one graph per image
+    size and batch); "graph" also replays it as a CUDA graph (torch.compile's reduce-overhead mode;
+    on a CPU it is the same as "step"). "none" and "unet" run the step eagerly.
+    """
+
+    def __init__(self, model, diffusion, compile_mode="none", backend="inductor"):
+        self.model, self.diffusion = model, diffusion
+        self.graphs = compile_mode == "graph"
+        self.run = self._step
+        if compile_mode in ("step", "graph"):
+            mode = "reduce-overhead" if self.graphs else None
+            self.run = torch.compile(self._step, dynamic=False, mode=mode, backend=backend)
+
+    def _step(self, x, t, noise, rectify):
+        return self.diffusion.sample_step(self.model, x, t, rectify_fn=rectify, noise=noise)
+
+    @torch.no_grad()  # sampling never needs gradients; a compiled step also guards on this mode
+    def __call__(self, x, t, noise, rectify):
+        if not self.graphs:
+            return self.run(x, t, noise, rectify)
+        # A CUDA graph's outputs live in buffers the next replay overwrites: mark the new step and
+        # copy out what the loop carries (the latent, the EM state).
+        torch.compiler.cudagraph_mark_step_begin()
+        out = dict(self.run(x, t, noise, rectify))
+        out["sample"] = out["sample"].clone()
+        state = rectify.state
+        rectify.state = replace(state, F1=state.F1.clone(), F2=state.F2.clone(),
+                                tau_a=state.tau_a.clone(), tau_b=state.tau_b.clone())
+        rectify.fused = rectify.fused.clone()
+        return out
 
 
 def needs_noise(diffusion):
@@ -53,14 +123,16 @@ class Rectifier:
 
 @torch.no_grad()
 def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.001, seed=3407,
-                generators=None, x_T=None, valid_hw=None, callback=None, progress=False):
+                generators=None, x_T=None, valid_hw=None, callback=None, progress=False,
+                step=None):
     """Fuse a batch: returns the final sample's BT.601 luma (N,1,H,W), on the [-1,1] scale.
 
     a, b: (N,1,H,W) float32 sources in [-1,1], H and W divisible by 32 for the ADM UNet;
     valid_hw: [(h, w)] of each image before bottom/right padding (the EM's means skip the padding).
     The sampler (DDIM eta / DDPM) comes from `diffusion`; EM runs at every step, the last included.
     callback(dict) receives i, t (original timestep), x (the new latent), model_output, pred_xstart,
-    rectified, em_F and em_state.
+    rectified, em_F and em_state. step: a StepFunction (built once by the caller, e.g. compiled);
+    by default an eager one around `model`.
     """
     n, _, h, w = a.shape
     device = a.device
@@ -68,16 +140,20 @@ def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.0
         generators = seeded_generators(seed, n)
     x = per_image_noise(generators, (3, h, w), device) if x_T is None else x_T.to(device)
     rectify = Rectifier(variant, a, b, lamb, rho, valid_hw)
-    draw = needs_noise(diffusion)
+    step = StepFunction(model, diffusion) if step is None else step
+    diffusion.tables_to(device)
     indices = list(range(diffusion.num_timesteps))[::-1]
+    noises = StepNoise(generators, (3, h, w), device, len(indices)) if needs_noise(diffusion) else None
     if progress:
         from tqdm.auto import tqdm
         indices = tqdm(indices, desc="steps", leave=False)
     unused = torch.zeros_like(x)  # DDIM with eta 0 multiplies its noise by zero
     for i in indices:
         t = torch.full((n,), i, dtype=torch.long, device=device)
-        noise = per_image_noise(generators, (3, h, w), device) if draw else unused
-        out = diffusion.sample_step(model, x, t, rectify_fn=rectify, noise=noise)
+        noise = unused if noises is None else noises.take()
+        out = step(x, t, noise, rectify)
+        if noises is not None:
+            noises.prefetch()  # the next step's draw overlaps this one on a GPU
         x = out["sample"]
         if callback is not None:
             callback({"i": i, "t": int(diffusion.timestep_map[i]), "x": x,

@@ -16,6 +16,15 @@ import torch
 MEAN_TYPES = ("epsilon", "start_x", "previous_x")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 SAMPLERS = ("ddpm", "ddim")
+# The schedule tables a step indexes by timestep (see GaussianDiffusion.coef).
+DEVICE_TABLES = (
+    "alphas_cumprod", "alphas_cumprod_prev", "alphas_cumprod_next", "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod", "one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+    "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "recip_posterior_mean_coef1", "posterior_coef2_over_coef1", "log_betas",
+    "fixed_large_variance", "fixed_large_log_variance",
+)
 
 
 def get_named_beta_schedule(schedule_name, num_diffusion_timesteps):
@@ -137,49 +146,82 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         )
+        # Derived tables the steps index, computed once (same float64 arithmetic as inline).
+        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
+        self.log_betas = np.log(betas)
+        self.recip_posterior_mean_coef1 = 1.0 / self.posterior_mean_coef1
+        self.posterior_coef2_over_coef1 = self.posterior_mean_coef2 / self.posterior_mean_coef1
+        # fixed_large: beta_t, except at t=0 where the posterior variance gives a better likelihood.
+        self.fixed_large_variance = np.append(self.posterior_variance[1], betas[1:])
+        self.fixed_large_log_variance = np.log(self.fixed_large_variance)
+        # (table name, device) -> float64 tensor: each table crosses to a device once, not per step.
+        self._device_tables = {}
+
+    def device_table(self, name, device):
+        """The table `name` as a tensor on `device`, copied there once and then reused: a sampling
+        step indexes it without a host->device copy (and a compiled step sees a constant)."""
+        key = (name, device)
+        table = self._device_tables.get(key)
+        if table is None:
+            table = torch.from_numpy(np.ascontiguousarray(getattr(self, name))).to(device)
+            self._device_tables[key] = table
+        return table
+
+    def coef(self, name, t, broadcast_shape):
+        """Table `name` at the batch's timesteps t, as ``extract_into_tensor``: float32 [N, 1, ...]."""
+        res = self.device_table(name, t.device)[t].float()
+        return res.reshape(-1, *([1] * (len(broadcast_shape) - 1)))
+
+    def tables_to(self, device):
+        """Copy every table a step may index to `device` now (before a loop or a compile)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        for name in DEVICE_TABLES + ("timestep_map",):
+            self.device_table(name, device)
+        return self
 
     # ----------------------------------------------------------------- forward process q
     def q_mean_variance(self, x_start, t):
         """Mean, variance, log-variance of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)."""
-        mean = extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-        variance = extract_into_tensor(1.0 - self.alphas_cumprod, t, x_start.shape)
-        log_variance = extract_into_tensor(self.log_one_minus_alphas_cumprod, t, x_start.shape)
+        mean = self.coef("sqrt_alphas_cumprod", t, x_start.shape) * x_start
+        variance = self.coef("one_minus_alphas_cumprod", t, x_start.shape)
+        log_variance = self.coef("log_one_minus_alphas_cumprod", t, x_start.shape)
         return mean, variance, log_variance
 
     def q_sample(self, x_start, t, noise=None):
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
         if noise is None:
             noise = torch.randn_like(x_start)
-        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-                + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+        return (self.coef("sqrt_alphas_cumprod", t, x_start.shape) * x_start
+                + self.coef("sqrt_one_minus_alphas_cumprod", t, x_start.shape) * noise)
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """Mean, variance, clipped log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. eq. 6-7)."""
-        mean = (extract_into_tensor(self.posterior_mean_coef1, t, x_t.shape) * x_start
-                + extract_into_tensor(self.posterior_mean_coef2, t, x_t.shape) * x_t)
-        variance = extract_into_tensor(self.posterior_variance, t, x_t.shape)
-        log_variance = extract_into_tensor(self.posterior_log_variance_clipped, t, x_t.shape)
+        mean = (self.coef("posterior_mean_coef1", t, x_t.shape) * x_start
+                + self.coef("posterior_mean_coef2", t, x_t.shape) * x_t)
+        variance = self.coef("posterior_variance", t, x_t.shape)
+        log_variance = self.coef("posterior_log_variance_clipped", t, x_t.shape)
         return mean, variance, log_variance
 
     # ----------------------------------------------------------------- conversions
     def predict_xstart_from_eps(self, x_t, t, eps):
         """x_0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps."""
-        scale_x = extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape)
-        scale_eps = extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape)
+        scale_x = self.coef("sqrt_recip_alphas_cumprod", t, x_t.shape)
+        scale_eps = self.coef("sqrt_recipm1_alphas_cumprod", t, x_t.shape)
         # One fused multiply-add pass over the image instead of three.
         return torch.addcmul(scale_x * x_t, scale_eps, eps, value=-1)
 
     def predict_eps_from_xstart(self, x_t, t, pred_xstart):
         """eps = (sqrt(1/abar_t) x_t - x_0) / sqrt(1/abar_t - 1)."""
-        scale_x = extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape)
+        scale_x = self.coef("sqrt_recip_alphas_cumprod", t, x_t.shape)
         return ((scale_x * x_t).sub_(pred_xstart)
-                / extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape))
+                / self.coef("sqrt_recipm1_alphas_cumprod", t, x_t.shape))
 
     def predict_xstart_from_xprev(self, x_t, t, xprev):
         """Invert the posterior mean: x_0 = (x_{t-1} - coef2 x_t) / coef1."""
-        return (extract_into_tensor(1.0 / self.posterior_mean_coef1, t, x_t.shape) * xprev
-                - extract_into_tensor(self.posterior_mean_coef2 / self.posterior_mean_coef1, t,
-                                      x_t.shape) * x_t)
+        return (self.coef("recip_posterior_mean_coef1", t, x_t.shape) * xprev
+                - self.coef("posterior_coef2_over_coef1", t, x_t.shape) * x_t)
 
     # ----------------------------------------------------------------- reverse process p
     def scale_timesteps(self, t):
@@ -215,21 +257,19 @@ class GaussianDiffusion:
             else:
                 # v in [-1, 1] interpolates between the posterior (min) and beta_t (max) log-variance;
                 # it is not clamped, so values outside extrapolate, like the original.
-                min_log = extract_into_tensor(self.posterior_log_variance_clipped, t, x.shape)
-                max_log = extract_into_tensor(np.log(self.betas), t, x.shape)
+                min_log = self.coef("posterior_log_variance_clipped", t, x.shape)
+                max_log = self.coef("log_betas", t, x.shape)
                 frac = (model_var_values + 1) / 2
                 log_variance = frac * max_log + (1 - frac) * min_log
             variance = torch.exp(log_variance)
         else:
             model_output_mean = model_output
             if self.model_var_type == "fixed_large":
-                # beta_t, except at t=0 where the posterior variance is used for a better likelihood.
-                var_table = np.append(self.posterior_variance[1], self.betas[1:])
-                log_table = np.log(var_table)
+                var_table, log_table = "fixed_large_variance", "fixed_large_log_variance"
             else:
-                var_table, log_table = self.posterior_variance, self.posterior_log_variance_clipped
-            variance = extract_into_tensor(var_table, t, x.shape)
-            log_variance = extract_into_tensor(log_table, t, x.shape)
+                var_table, log_table = "posterior_variance", "posterior_log_variance_clipped"
+            variance = self.coef(var_table, t, x.shape)
+            log_variance = self.coef(log_table, t, x.shape)
 
         def process_xstart(x0):
             if denoised_fn is not None:
@@ -283,8 +323,8 @@ class GaussianDiffusion:
         """
         eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
         # Unlike the other coefficients, abar and abar' are cast to float32 before the square roots.
-        alpha_bar = extract_into_tensor(self.alphas_cumprod, t, x_t.shape)
-        alpha_bar_prev = extract_into_tensor(self.alphas_cumprod_prev, t, x_t.shape)
+        alpha_bar = self.coef("alphas_cumprod", t, x_t.shape)
+        alpha_bar_prev = self.coef("alphas_cumprod_prev", t, x_t.shape)
         sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
                  * torch.sqrt(1 - alpha_bar / alpha_bar_prev))
         sample = torch.addcmul(torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps,
@@ -335,7 +375,7 @@ class GaussianDiffusion:
         """Deterministic DDIM inversion x_t -> x_{t+1} (eta = 0) using abar_next."""
         out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
         eps = self.predict_eps_from_xstart(x, t, out["pred_xstart"])
-        alpha_bar_next = extract_into_tensor(self.alphas_cumprod_next, t, x.shape)
+        alpha_bar_next = self.coef("alphas_cumprod_next", t, x.shape)
         sample = out["pred_xstart"] * torch.sqrt(alpha_bar_next) + torch.sqrt(1 - alpha_bar_next) * eps
         return dict(out, sample=sample)
 

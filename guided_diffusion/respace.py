@@ -109,24 +109,26 @@ class SpacedDiffusion(GaussianDiffusion):
         """`model` as a function of the respaced index: wrapped(x, k) = model(x, timestep_map[k])."""
         if isinstance(model, _WrappedModel):
             return model
-        return _WrappedModel(model, self.timestep_map, self.rescale_timesteps, self.original_num_steps)
+        return _WrappedModel(model, self.device_table, self.rescale_timesteps, self.original_num_steps)
 
     def run_model(self, model, x, t, model_kwargs=None):
         return self.wrap_model(model)(x, t, **(model_kwargs or {}))
 
 
 class _WrappedModel:
-    """Calls model(x, timestep_map[t]) (optionally *1000/T as float) for respaced indices t."""
+    """Calls model(x, timestep_map[t]) (optionally *1000/T as float) for respaced indices t.
 
-    def __init__(self, model, timestep_map, rescale_timesteps, original_num_steps):
+    The map is read through `device_table`, so it crosses to the device once, not every step.
+    """
+
+    def __init__(self, model, device_table, rescale_timesteps, original_num_steps):
         self.model = model
-        self.timestep_map = timestep_map
+        self.device_table = device_table
         self.rescale_timesteps = rescale_timesteps
         self.original_num_steps = original_num_steps
 
     def __call__(self, x, ts, **kwargs):
-        map_tensor = torch.as_tensor(self.timestep_map, device=ts.device).to(ts.dtype)
-        new_ts = map_tensor[ts]
+        new_ts = self.device_table("timestep_map", ts.device)[ts].to(ts.dtype)
         if self.rescale_timesteps:
             new_ts = new_ts.float() * (1000.0 / self.original_num_steps)
         return self.model(x, new_ts, **kwargs)

@@ -297,21 +297,26 @@ class UNetModel(nn.Module):
 
     def convert_to_fp16(self):
         """Halve conv weights/biases inside input, middle and output blocks (original fp16 mode)."""
-        for part in (self.input_blocks, self.middle_block, self.output_blocks):
-            for m in part.modules():
-                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                    m.weight.data = m.weight.data.half()
-                    if m.bias is not None:
-                        m.bias.data = m.bias.data.half()
+        self.convert_blocks(torch.float16)
 
     def convert_to_fp32(self):
         """Undo convert_to_fp16."""
+        self.convert_blocks(torch.float32)
+
+    def convert_blocks(self, dtype):
+        """Cast the conv weights/biases inside input, middle and output blocks to `dtype`, once.
+
+        As the original fp16 mode: the timestep MLP, GroupNorm affine and the output conv keep
+        their float32 weights (GroupNorm32 normalises in float32 and casts back). The blocks then
+        run in `dtype` (self.dtype) and the output conv in the input's dtype.
+        """
+        self.dtype = dtype
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
             for m in part.modules():
                 if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                    m.weight.data = m.weight.data.float()
+                    m.weight.data = m.weight.data.to(dtype)
                     if m.bias is not None:
-                        m.bias.data = m.bias.data.float()
+                        m.bias.data = m.bias.data.to(dtype)
 
     def forward(self, x, timesteps, y=None):
         """x: [N, C, H, W], timesteps: [N] original (unscaled) timesteps, y: [N] labels if class-cond."""

@@ -1,0 +1,437 @@
+"""DDFM speed, memory and accuracy on a CUDA GPU: one prepared command, one table.
+
+    python benchmarks/gpu_check.py                  # CUDA: every row, 100 steps, <= 8 min budget
+    python benchmarks/gpu_check.py --dry-run        # the same code path on the CPU, tiny UNet
+    python benchmarks/gpu_check.py --rows bf16_cl@480x640,fit --steps 20 --profile bf16_cl@480x640
+
+Needs only `pip install -r requirements.txt`. Full ADM layout with re-randomised weights (the
+checkpoint when model_path exists, said so in the header). Each row: a fresh copy of the weights,
+a short warm-up, then one timed DDFM run between torch.cuda.synchronize() calls. The table goes to
+stdout and to <out>/gpu_check.csv and .json (gpu_check_dry.* for a dry run). See benchmarks/README.md.
+"""
+import argparse
+import gc
+import math
+import signal
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import guided_diffusion  # noqa: E402
+import gpu_setup  # noqa: E402
+from ddfm import io  # noqa: E402
+from ddfm.prior import set_tf32, wrap_unet  # noqa: E402
+from ddfm.sampling import (Rectifier, StepFunction, ddfm_sample, per_image_noise,  # noqa: E402
+                           seeded_generators)
+from gpu_table import COLUMNS, format_row, header_lines, write_outputs  # noqa: E402
+from official_like import official_like_sample, original_attention  # noqa: E402
+from profile_step import profile_steps  # noqa: E402
+
+# row name -> (dtype key, channels_last, compile mode); "official_like" is the official loop.
+MODES = {
+    "fp32_exact": ("fp32", False, "none"),
+    "fp32_tf32": ("tf32", False, "none"),
+    "fp16_autocast": ("fp16-autocast", False, "none"),
+    "bf16_autocast": ("bf16-autocast", False, "none"),
+    "bf16": ("bf16", False, "none"),
+    "bf16_cl": ("bf16", True, "none"),
+    "bf16_compile": ("bf16", True, "unet"),
+    "bf16_step": ("bf16", True, "step"),
+    "bf16_graph": ("bf16", True, "graph"),
+    "official_like": ("tf32", False, "none"),
+}
+# size key -> (H, W, batch): on a GPU, and the tiny stand-ins of a dry run.
+SIZES = {"256": (256, 256, 1), "256b8": (256, 256, 8), "480x640": (480, 640, 1),
+         "768x1024": (768, 1024, 1)}
+DRY_SIZES = {"256": (32, 32, 1), "256b8": (32, 32, 2), "480x640": (32, 64, 1), "768x1024": (64, 64, 1)}
+# In priority order: when the time budget runs out, the later entries are skipped.
+PLAN = ("fp32_exact@480x640", "fp32_tf32@480x640", "fp16_autocast@480x640", "bf16_autocast@480x640",
+        "bf16@480x640", "bf16_cl@480x640", "official_like@480x640", "fp32_exact@256", "bf16_cl@256",
+        "bf16_cl@256b8", "bf16@768x1024", "bf16_cl@768x1024", "fit", "bf16_compile@480x640",
+        "bf16_step@480x640", "bf16_graph@480x640", "bf16_graph@256b8")
+FIT_LIMITS_GB = (12, 24)
+
+
+
+class RowTimeout(Exception):
+    """The time budget ran out inside a row."""
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class Bench:
+    """Shared state of one run: device, weights, sampler, sources, results."""
+
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device("cpu" if args.dry_run else "cuda")
+        self.sizes = DRY_SIZES if args.dry_run else SIZES
+        self.backend = "eager" if args.dry_run else "inductor"  # dry run: capture only, no codegen
+        config_path = gpu_setup.ROOT / ("tests/golden/tiny_model_config.yaml" if args.dry_run
+                                        else "configs/model_config_imagenet.yaml")
+        self.config, model_path = gpu_setup.model_config(config_path)
+        if args.dry_run:
+            model_path = None  # the GPU machine has no checkpoint: exercise the random-weight path
+        self.env = gpu_setup.environment(self.device)
+        self.weights, self.env["weights"] = gpu_setup.host_weights(self.config, model_path, self.device)
+        self.diffusion = guided_diffusion.create_sampler(
+            sampler="ddim", steps=1000, noise_schedule="linear", model_mean_type="epsilon",
+            model_var_type="learned_range", timestep_respacing=str(args.steps)).tables_to(self.device)
+        self.peak = args.peak_tflops or gpu_setup.card_peak(self.env["name"])
+        self.flops, self.fused = {}, {}
+
+    def flops_for(self, h, w):
+        if (h, w) not in self.flops:
+            self.flops[(h, w)] = gpu_setup.flops_per_forward(self.config, h, w)
+        return self.flops[(h, w)]
+
+    def model(self, mode):
+        dtype, channels_last, compile_mode = MODES[mode]
+        unet = gpu_setup.fresh_unet(self.config, self.weights, self.device)
+        model = wrap_unet(unet, self.device, dtype, channels_last, compile_mode, self.backend)
+        if mode == "official_like" and self.device.type == "cuda":
+            set_tf32(True, matmul=False)  # PyTorch's defaults, as the official code runs today
+        return model, StepFunction(model, self.diffusion, compile_mode, backend=self.backend)
+
+
+@torch.no_grad()
+def warm_up(step, diffusion, a, b, x, count):
+    """The first `count` steps of the loop through `step` (compiles a compiled step)."""
+    rectify = Rectifier("official", a, b)
+    for i in list(range(diffusion.num_timesteps))[::-1][:count]:
+        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+        x = step(x, t, torch.zeros_like(x), rectify)["sample"]
+    return x
+
+
+@torch.no_grad()
+def time_unet(model, x, device, repeats):
+    t = torch.full((x.shape[0],), 999, dtype=torch.long, device=device)
+    model(x, t)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model(x, t)
+    sync(device)
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def dynamo_counts():
+    from torch._dynamo.utils import counters
+    return counters["stats"].get("unique_graphs", 0), sum(counters["graph_break"].values())
+
+
+def run_row(bench, mode, size_key):
+    """One configuration at one size: warm-up, UNet alone, the timed run; returns the row."""
+    args, device = bench.args, bench.device
+    h, w, batch = bench.sizes[size_key]
+    row = {"row": mode, "size": f"{h}x{w}", "batch": batch, "steps": args.steps, "note": "",
+           "_key": (mode, size_key)}
+    official = mode == "official_like"
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+    counters.clear()
+    free_memory(device)
+    model, step = bench.model(mode)
+    a, b = gpu_setup.demo_sources(h, w, batch, device)
+    x_T = per_image_noise(seeded_generators(3407, batch), (3, h, w), device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with (original_attention() if official else nullcontext()), tempfile.TemporaryDirectory() as png_dir:
+        start = time.perf_counter()
+        if official:
+            official_like_sample(model, bench.diffusion, a, b, x_T, png_dir, max_steps=args.warmup_steps)
+        else:
+            warm_up(step, bench.diffusion, a, b, x_T, args.warmup_steps)
+        sync(device)
+        warm_s = time.perf_counter() - start
+        if MODES[mode][2] in ("none", "unet"):
+            row["unet_ms"] = time_unet(model, x_T, device, args.unet_repeats)
+        free_memory(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        start = time.perf_counter()
+        if official:
+            fused = official_like_sample(model, bench.diffusion, a, b, x_T, png_dir)
+        else:
+            fused = ddfm_sample(model, bench.diffusion, a, b, seed=3407, step=step)
+        sync(device)
+        seconds = time.perf_counter() - start
+    fill_timing(bench, row, seconds, warm_s, h, w, batch)
+    if MODES[mode][2] != "none":
+        row["graphs"], row["graph_breaks"] = dynamo_counts()
+    if not torch.isfinite(fused).all():
+        row["note"] = "non-finite values in the fused output"
+    bench.fused[(mode, size_key)] = [io.luma_to_uint8(f[0], "minmax") for f in fused.cpu().numpy()]
+    if args.profile == f"{mode}@{size_key}":
+        bench.profile = profile_steps(
+            lambda: (warm_up(step, bench.diffusion, a, b, x_T, args.profile_steps), sync(device)),
+            device, args.profile_steps)
+    return row
+
+
+def fill_timing(bench, row, seconds, warm_s, h, w, batch):
+    steps, device = row["steps"], bench.device
+    row["s_per_pair"] = seconds / batch
+    row["pairs_per_s"] = batch / seconds
+    row["ms_per_step"] = seconds / steps * 1e3
+    if row.get("unet_ms") is not None:
+        row["outside_ms"] = row["ms_per_step"] - row["unet_ms"]
+    if MODES[row["row"]][2] != "none":
+        row["compile_s"] = max(0.0, warm_s - bench.args.warmup_steps * seconds / steps)
+    if device.type == "cuda":
+        row["peak_alloc_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        row["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 2**30
+    row["tflops"] = bench.flops_for(h, w) * batch * steps / seconds / 1e12
+    if bench.peak:
+        row["frac_peak"] = row["tflops"] / bench.peak
+
+
+def compare_to_exact(bench, rows):
+    """PSNR (peak 255) and max |difference| in grey levels of the fused uint8 images against the
+    fp32_exact row of the same H x W (same pair, same seed); the worst image of a batch."""
+    exact = {bench.sizes[k][:2]: images[0].astype(np.float64)
+             for (mode, k), images in bench.fused.items() if mode == "fp32_exact"}
+    for row in rows:
+        key = row.get("_key")
+        if key not in bench.fused or row["row"] == "fp32_exact":
+            continue
+        reference = exact.get(bench.sizes[key[1]][:2])
+        if reference is None:
+            row["note"] = (row["note"] + "; " if row["note"] else "") + "no exact row at this size"
+            continue
+        diffs = [np.abs(image.astype(np.float64) - reference) for image in bench.fused[key]]
+        mse = max(float(np.mean(d ** 2)) for d in diffs)
+        row["psnr_db"] = math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+        row["max_abs_diff"] = max(float(d.max()) for d in diffs)
+
+
+def borrow_compiled_unet_time(rows):
+    """A compiled-step row has no UNet call of its own to time: take the compiled UNet's time
+    (bf16_compile, same size and batch), so outside_ms still shows the cost around it."""
+    compiled = {(r["size"], r["batch"]): r["unet_ms"] for r in rows
+                if r["row"] == "bf16_compile" and r.get("unet_ms") is not None}
+    for row in rows:
+        unet_ms = compiled.get((row["size"], row.get("batch")))
+        if MODES.get(row["row"], ("", False, ""))[2] in ("step", "graph") and unet_ms is not None \
+                and row.get("ms_per_step") is not None:
+            row["unet_ms"], row["outside_ms"] = unet_ms, row["ms_per_step"] - unet_ms
+            row["note"] = (row["note"] + "; " if row["note"] else "") + "unet_ms of bf16_compile"
+
+
+def is_out_of_memory(err):
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
+
+
+def fit_trial(bench, model, step, side, limit_gb):
+    """One DDFM step at side x side under the allocator cap; True when it fits."""
+    if bench.device.type != "cuda":
+        # Dry run: no allocator to cap on a CPU; an out-of-memory is simulated past a size that
+        # grows with the limit, so the search, catch and clean-up paths still run.
+        if side > 4 * limit_gb:
+            raise torch.OutOfMemoryError(f"simulated: {side}x{side} over {limit_gb} GB (dry run)")
+    a, b = gpu_setup.demo_sources(side, side, 1, bench.device)
+    x = per_image_noise(seeded_generators(0, 1), (3, side, side), bench.device)
+    warm_up(step, bench.diffusion, a, b, x, 1)
+    sync(bench.device)
+    return True
+
+
+def largest_square(bench, limit_gb):
+    """The largest square side (multiple of 32) whose bf16 fast-path step fits in limit_gb."""
+    device = bench.device
+    model, step = bench.model("bf16_cl")
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * 2**30 / total), device)
+    best, peak, low, high = 0, None, 32 if bench.args.dry_run else 256, None
+    side = low
+    try:
+        while high is None or high - low > 32:
+            try:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                fit_trial(bench, model, step, side, limit_gb)
+                best, low = side, side
+                if device.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(device) / 2**30
+            except RuntimeError as err:  # cuDNN/cuBLAS report a failed workspace their own way
+                if not is_out_of_memory(err):
+                    raise
+                high = side
+            free_memory(device)
+            side = low * 2 if high is None else (low + high) // 64 * 32
+            if high is None and side > (256 if bench.args.dry_run else 8192):
+                break
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return best, peak
+
+
+def run_fit(bench):
+    rows = []
+    for limit in FIT_LIMITS_GB:
+        side, peak = largest_square(bench, limit)
+        rows.append({"row": f"fit_{limit}gb", "size": f"{side}x{side}", "batch": 1, "steps": 1,
+                     "peak_alloc_gb": peak,
+                     "note": f"largest square (/32) whose bf16 channels-last DDFM step fits {limit} GB "
+                             f"(allocator cap; CUDA context not counted)"})
+    return rows
+
+
+# --------------------------------------------------------------------------- plan, budget, output
+def entry_cost_s(entry, dry_run):
+    """Time an entry needs at least to be worth starting (compiling the full ADM takes minutes)."""
+    if dry_run:
+        return 0
+    mode = entry.split("@")[0]
+    return 150 if MODES.get(mode, ("", False, "none"))[2] != "none" else 40 if entry == "fit" else 25
+
+
+def on_alarm(signum, frame):
+    raise RowTimeout()
+
+
+def run_entry(bench, entry):
+    if entry == "fit":
+        return run_fit(bench)
+    mode, size_key = entry.split("@")
+    return [run_row(bench, mode, size_key)]
+
+
+def run_plan(bench, plan, deadline):
+    rows = []
+    for entry in plan:
+        left = deadline - time.monotonic()
+        if left < entry_cost_s(entry, bench.args.dry_run):
+            rows.append(skipped_row(entry, f"skipped: {left:.0f} s of the time budget left"))
+            continue
+        signal.alarm(max(1, int(left)))
+        began = time.monotonic()
+        try:
+            rows += run_entry(bench, entry)
+            rows[-1]["wall_s"] = time.monotonic() - began
+        except RowTimeout:
+            rows.append(skipped_row(entry, "stopped: the time budget ran out during this row"))
+        except Exception as err:  # one broken row must not lose the others
+            if is_out_of_memory(err):
+                rows.append(skipped_row(entry, "error: out of memory"))
+                continue
+            rows.append(skipped_row(entry, f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"))
+        finally:
+            signal.alarm(0)
+            torch._dynamo.reset()
+            free_memory(bench.device)
+        print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+def skipped_row(entry, note):
+    mode, _, size_key = entry.partition("@")
+    return {"row": mode, "size": size_key, "note": note}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny UNet, tiny sizes, 2 steps")
+    parser.add_argument("--rows", default=",".join(PLAN),
+                        help="comma list of MODE@SIZE and 'fit' (default: the whole plan); "
+                             f"modes: {', '.join(MODES)}; sizes: {', '.join(SIZES)}")
+    parser.add_argument("--sizes", default=None, help="keep only entries at these size keys")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (100; dry run 2)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="per row (3; dry run 1)")
+    parser.add_argument("--unet-repeats", type=int, default=None, help="timed UNet forwards per row")
+    parser.add_argument("--budget-s", type=float, default=None, help="time budget (420 s; dry run 60)")
+    parser.add_argument("--profile", default="bf16_cl@480x640", metavar="MODE@SIZE",
+                        help="profile a few steps of this (eager) row: time per operator kind and "
+                             "the GroupNorm share; 'none' to skip")
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 dense peak")
+    parser.add_argument("--out", default=str(gpu_setup.ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    dry = args.dry_run
+    args.profile = None if args.profile == "none" else args.profile
+    defaults = {"steps": 2 if dry else 100, "warmup_steps": 1 if dry else 3,
+                "unet_repeats": 1 if dry else 5, "budget_s": 60.0 if dry else 420.0}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def select_plan(args):
+    plan = [e.strip() for e in args.rows.split(",") if e.strip()]
+    for entry in plan:
+        mode, _, size = entry.partition("@")
+        if entry != "fit" and (mode not in MODES or size not in SIZES):
+            raise ValueError(f"--rows: unknown entry {entry!r} (MODE@SIZE with MODE in "
+                             f"{', '.join(MODES)}, SIZE in {', '.join(SIZES)}, or 'fit')")
+    if args.sizes:
+        keep = set(args.sizes.split(","))
+        plan = [e for e in plan if e == "fit" or e.partition("@")[2] in keep]
+    if args.profile and args.profile not in plan:
+        plan.append(args.profile)
+    if args.dry_run:  # one row per compiled mode is enough to prove the path on a CPU
+        plan = [e for e in plan if e != "bf16_graph@256b8"]
+    return plan
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.monotonic()
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; run with --dry-run to check the code path on the CPU")
+        return 2
+    try:
+        if args.steps < 2:
+            raise ValueError(f"--steps {args.steps}: at least 2 sampling steps are needed")
+        plan = select_plan(args)
+    except ValueError as err:
+        print(f"gpu_check: {err}", file=sys.stderr)
+        return 2
+    bench = Bench(args)
+    if bench.device.type == "cuda":
+        bench.env["matmul_tflops"] = gpu_setup.measured_matmul_tflops(bench.device)
+    for h, w, _ in {bench.sizes[e.partition("@")[2]] for e in plan if e != "fit"}:
+        bench.flops_for(h, w)
+    signal.signal(signal.SIGALRM, on_alarm)
+    print("\n".join(header_lines(bench)))
+    print(" | ".join(COLUMNS), flush=True)
+    rows = run_plan(bench, plan, start + args.budget_s)
+    compare_to_exact(bench, rows)
+    borrow_compiled_unet_time(rows)
+    print("\n" + "\n".join(header_lines(bench)))
+    print(" | ".join(COLUMNS))
+    for row in rows:
+        print(format_row(row))
+    if getattr(bench, "profile", None):
+        print("profile (" + args.profile + "):")
+        for kind, share in bench.profile["shares"].items():
+            print(f"  {kind:<24} {share:6.1%}")
+    csv_path, json_path = write_outputs(bench, rows, Path(args.out))
+    print(f"total {time.monotonic() - start:.0f} s; written: {csv_path}, {json_path}")
+    return 1 if any(str(r.get("note", "")).startswith("error") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
