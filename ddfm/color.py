@@ -4,8 +4,9 @@ Two YCbCr flavours live here and must not be mixed up:
 
 * studio swing (skimage ``rgb2ycbcr``/``ycbcr2rgb``, ITU-R BT.601 with Y in [16, 235]) is what the
   official DDFM loop uses on x0 *inside* the sampling loop (ddfm_official.md §3, §4.5);
-* full-range BT.601 (JPEG / OpenCV) is used for I/O: luma of the sources and recombining the fused
-  luma with the chroma of a colour source.
+* full-range BT.601 (JPEG / OpenCV) belongs to I/O: its luma weights (LUMA_WEIGHTS) give the
+  chroma that ``ddfm.io.recombine_chroma`` keeps; the sources' 8-bit luma is OpenCV's exact float32
+  arithmetic, ``ddfm.metrics_io.luma_from_rgb8``.
 
 Every matrix is a float64 module constant defined once below; functions cast where they use them.
 """

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ddfm import color
@@ -20,6 +19,8 @@ from ddfm.metrics_io import IMAGE_EXTENSIONS, UnsupportedImageError, decode_rgb8
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
 # Floats within half a grey level of [0, 1] round into it; anything further out is not a [0,1] image.
 FLOAT_TOLERANCE = 0.5 / 255.0
+# Legacy imageio's rounding offset: floor(v + HALF_DOWN) rounds halves down (see legacy_imageio_uint8).
+HALF_DOWN = 0.499999999
 
 
 class FusionInputError(ValueError):
@@ -198,36 +199,88 @@ def crop_top_left(image, multiple=MULTIPLE):
     return image[:h, :w]
 
 
+def legacy_imageio_uint8(image):
+    """The official float -> 8-bit PNG conversion: legacy imageio's ``image_as_uint`` for a float array.
+
+    skimage.io.imsave hands the float image to imageio, whose legacy ``core.util.image_as_uint``
+    stretched it in float64 from [min, max] to [0, 255] and truncated v + 0.499999999: halves round
+    down, 2.5 -> 2 and 3.5 -> 3 (np.round gives 2 and 4). The official recon image already spans
+    [0, 255], so the stretch is the identity to float64 rounding, but it is done as imageio did it.
+    """
+    image = np.asarray(image).astype(np.float64)
+    low, high = image.min(), image.max()
+    if high == low:
+        return image.astype(np.uint8)
+    return ((image - low) / (high - low) * 255.0 + HALF_DOWN).astype(np.uint8)
+
+
+def official_minmax(luma):
+    """The official per-image min-max of a luma to [0, 255], in float32 (zeros for a flat image)."""
+    luma = np.asarray(luma, dtype=np.float32)
+    low, high = luma.min(), luma.max()
+    return (luma - low) / (high - low) * 255.0 if high > low else np.zeros_like(luma)
+
+
 def luma_to_uint8(luma, normalize):
     """Fused luma on the [-1,1] scale -> uint8 grey levels.
 
-    minmax: per-image min-max to [0,255] then round (the official recon output);
-    clip: the fixed map [-1,1] -> [0,255], clipped.
+    minmax: official_minmax, then the official save (legacy_imageio_uint8); clip: the fixed map
+    [-1,1] -> [0,255], clipped, rounded with the same halves-down rule, so that both settings give
+    a value the same grey level.
     """
-    luma = np.asarray(luma, dtype=np.float32)
     if normalize == "minmax":
-        low, high = luma.min(), luma.max()
-        scaled = (luma - low) / (high - low) * 255.0 if high > low else np.zeros_like(luma)
-    else:
-        scaled = np.clip(color.to_unit(luma) * 255.0, 0.0, 255.0)
-    return np.round(scaled.astype(np.float64)).astype(np.uint8)
+        return legacy_imageio_uint8(official_minmax(luma))
+    scaled = np.clip(color.to_unit(np.asarray(luma, dtype=np.float32)) * 255.0, 0.0, 255.0)
+    return np.floor(scaled.astype(np.float64) + HALF_DOWN).astype(np.uint8)
 
 
 def progress_to_uint8(luma):
-    """The official progress image: min-max to [0,255], truncated (not rounded) to uint8."""
-    luma = np.asarray(luma, dtype=np.float32)
-    low, high = luma.min(), luma.max()
-    scaled = (luma - low) / (high - low) * 255.0 if high > low else np.zeros_like(luma)
-    return scaled.astype(np.uint8)
+    """The official progress image: official_minmax, truncated (not rounded) to uint8."""
+    return official_minmax(luma).astype(np.uint8)
+
+
+def _fit_in_gamut(grey, chroma):
+    """Shrink each pixel's chroma toward 0 until grey + chroma lies in [0, 255]^3 (luma unchanged).
+
+    grey: (H,W,1) luma; chroma: (H,W,3) RGB offsets whose BT.601 luma is 0. Returns the largest
+    s <= 1 per pixel (H,W,1) with 0 <= grey + s * chroma <= 255: the saturation that fits.
+    """
+    room = np.where(chroma > 0, 255.0 - grey, -grey)  # distance to the face the offset points at
+    limit = np.divide(room, chroma, out=np.full_like(chroma, np.inf), where=chroma != 0)
+    return np.clip(limit.min(axis=-1, keepdims=True), 0.0, 1.0)
+
+
+def _round_keeping_luma(rgb, grey):
+    """Round an RGB image on [0, 255] to uint8 so that its rounded luma (luma_from_rgb8) is `grey`.
+
+    Plain rounding moves a pixel's luma by up to half a level and so its rounded luma by one. Where
+    it does, the nearest of the 8 floor/ceil corners with the right luma is taken: the corners'
+    lumas lie at most 0.587 apart, so one of them always rounds to `grey`.
+    """
+    out = np.clip(np.round(rgb), 0, 255)
+    wrong = luma_from_rgb8(out.astype(np.uint8)) != grey
+    if wrong.any():
+        exact, target = rgb[wrong], grey[wrong]
+        bits = np.array([[(k >> c) & 1 for c in range(3)] for k in range(8)], dtype=np.float64)
+        corners = np.clip(np.floor(exact)[None] + bits[:, None], 0, 255)  # (8, n, 3)
+        fits = luma_from_rgb8(corners.astype(np.uint8)) == target[None]
+        distance = np.where(fits, ((corners - exact[None]) ** 2).sum(-1), np.inf)
+        out[wrong] = corners[distance.argmin(0), np.arange(len(exact))]
+    return out.astype(np.uint8)
 
 
 def recombine_chroma(grey_u8, rgb):
-    """Put fused luma under the full-range BT.601 chroma of a colour source -> uint8 RGB."""
-    source = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float64) / 255.0).permute(2, 0, 1)[None]
-    ycc = color.rgb_to_ycbcr_bt601(source)
-    ycc[:, 0] = torch.from_numpy(grey_u8.astype(np.float64) / 255.0)
-    out = color.ycbcr_bt601_to_rgb(ycc)[0].permute(1, 2, 0).numpy() * 255.0
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    """Put fused luma under the BT.601 chroma of a colour source -> uint8 RGB with exactly that luma.
+
+    The source's chroma is its RGB minus its own BT.601 luma (full-range YCbCr with Y replaced and
+    inverted is exactly grey + that offset). Where grey + chroma leaves the RGB cube, the chroma is
+    scaled toward grey until it fits, instead of clipping channels, which would change the luma.
+    """
+    rgb = np.asarray(rgb, dtype=np.float64)
+    grey = np.asarray(grey_u8, dtype=np.float64)
+    chroma = rgb - (rgb @ np.array(color.LUMA_WEIGHTS))[..., None]
+    out = grey[..., None] + _fit_in_gamut(grey[..., None], chroma) * chroma
+    return _round_keeping_luma(out, grey)
 
 
 def write_image_atomic(path, array, before_publish=None):

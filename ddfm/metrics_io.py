@@ -16,9 +16,9 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm")
 
 # BT.601 luma weights as float32, the precision of the reference's colour conversion.
-_WB = np.float32(0.114)
-_WG = np.float32(0.587)
 _WR = np.float32(0.299)
+_WG = np.float32(0.587)
+_WB = np.float32(0.114)
 
 
 class UnsupportedImageError(ValueError):
@@ -56,14 +56,31 @@ def decode_rgb8(img):
     return np.asarray(img.convert("RGB"))
 
 
+def _fma32(x, weight, addend):
+    """float32 fused multiply-add x*weight + addend, rounded once, for x in 0..255.
+
+    The float64 product and sum are exact here (x has 8 bits, weight and addend 24), so the single
+    cast to float32 is the hardware FMA's single rounding.
+    """
+    return (x * np.float64(weight) + addend.astype(np.float64)).astype(np.float32)
+
+
 def luma_from_rgb8(rgb):
-    """Rounded BT.601 luma of an HxWx3 RGB array on [0, 255] -> HxW float64 of whole numbers."""
+    """Rounded BT.601 luma of an HxWx3 RGB array on [0, 255] -> HxW float64 of whole numbers.
+
+    What the reference and the official reader get from OpenCV: the uint8 image cast to float32,
+    ``cvtColor(BGR2GRAY)``, ``np.round`` (ties to even). In the opencv-python wheels on x86 with FMA
+    that conversion is fma(R, 0.299f, fma(B, 0.114f, G * 0.587f)) in float32, bit for bit on all
+    256^3 colours (checked with 4.7, 4.10 and 5.0; only 5.0, in 2 of the last 4-7 pixels of a row
+    whose width mod 8 is 4-7, adds G before B, which rounds 830 colours differently there). A plain
+    float32 sum rounds 546 colours differently, e.g. RGB (53, 119, 200): 108.5 -> 108, not 109.
+    """
     rgb = np.asarray(rgb)
     if rgb.ndim == 2:
         return rgb.astype(np.float64)
-    r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
-    # Same float32 evaluation order as the reference (B, G, R weights on BGR data), then ties-to-even.
-    y = b * _WB + g * _WG + r * _WR
+    r, g, b = (rgb[..., k].astype(np.float64) for k in range(3))
+    green = (g * np.float64(_WG)).astype(np.float32)  # exact product, one rounding
+    y = _fma32(r, _WR, _fma32(b, _WB, green))
     return np.round(y).astype(np.float64)
 
 
