@@ -70,22 +70,9 @@ def ycbcr_studio_to_rgb(ycc):
     return rgb.to(ycc.dtype)
 
 
-# --- full-range BT.601 (JPEG / OpenCV), used for I/O ---------------------------------------------
+# --- full-range BT.601 luma (the paper variant's EM input, progress images) -----------------------
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-
-# Full-range BT.601 (JPEG) on the [0, 1] scale: the 8-bit formulas divided by 255, so Cb and Cr are
-# centred on 128/255 (not 0.5) and a [0, 255] value is exactly 255 times the [0, 1] one.
-YCBCR_BT601_FROM_RGB = torch.tensor(
-    [[0.299, 0.587, 0.114],
-     [-0.168736, -0.331264, 0.5],
-     [0.5, -0.418688, -0.081312]],
-    dtype=torch.float64,
-)
-# The exact inverse of the forward matrix (rather than the rounded 1.402/1.772 table), so that a
-# round trip is the identity up to float rounding.
-RGB_FROM_YCBCR_BT601 = torch.linalg.inv(YCBCR_BT601_FROM_RGB)
-BT601_CHROMA_OFFSET = torch.tensor([0.0, 128 / 255, 128 / 255], dtype=torch.float64)
 
 
 def rgb_to_luma(rgb):
@@ -96,25 +83,6 @@ def rgb_to_luma(rgb):
     r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
     wr, wg, wb = LUMA_WEIGHTS
     return wr * r + wg * g + wb * b
-
-
-def rgb_to_ycbcr_bt601(rgb):
-    """Full-range (JPEG) BT.601 RGB -> YCbCr on the [0, 1] scale.
-
-    rgb: (N, 3, H, W) in [0, 1]. Returns (N, 3, H, W) = (Y, Cb, Cr)/255 of the 8-bit JPEG formulas
-    Y = 0.299 R + 0.587 G + 0.114 B, Cb = 128 - 0.168736 R - 0.331264 G + 0.5 B,
-    Cr = 128 + 0.5 R - 0.418688 G - 0.081312 B (R, G, B on [0, 255]); neutral chroma is 128/255.
-    """
-    matrix = YCBCR_BT601_FROM_RGB.to(device=rgb.device, dtype=rgb.dtype)
-    offset = BT601_CHROMA_OFFSET.to(device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
-    return _apply_matrix(matrix, rgb) + offset
-
-
-def ycbcr_bt601_to_rgb(ycc):
-    """Inverse of ``rgb_to_ycbcr_bt601``: (N, 3, H, W) YCbCr on the [0, 1] scale -> RGB (not clamped)."""
-    matrix = RGB_FROM_YCBCR_BT601.to(device=ycc.device, dtype=ycc.dtype)
-    offset = BT601_CHROMA_OFFSET.to(device=ycc.device, dtype=ycc.dtype).view(1, 3, 1, 1)
-    return _apply_matrix(matrix, ycc - offset)
 
 
 # --- luma in / luma out around the EM step ---------------------------------------------------------

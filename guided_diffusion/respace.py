@@ -5,7 +5,6 @@ Reproduces OpenAI guided-diffusion's `space_timesteps` / `SpacedDiffusion`
 process with beta'_k = 1 - abar(tau_k) / abar(tau_{k-1}), so abar'_k = abar(tau_k) exactly.
 """
 import numpy as np
-import torch
 
 from .gaussian_diffusion import GaussianDiffusion
 

@@ -12,11 +12,9 @@ from ddfm.color import (
     paper_luma_in,
     paper_luma_out,
     rgb_to_luma,
-    rgb_to_ycbcr_bt601,
     rgb_to_ycbcr_studio,
     to_signed,
     to_unit,
-    ycbcr_bt601_to_rgb,
     ycbcr_studio_to_rgb,
 )
 
@@ -91,26 +89,9 @@ def test_paper_luma_pair_shifts_channels_equally():
     assert (x0_rect - x0 - (F - luma)).abs().max() < 1e-6
 
 
-def test_bt601_round_trip_and_known_values():
-    rgb = _rand((2, 3, 8, 9), 0, 1, seed=7)
-    ycc = rgb_to_ycbcr_bt601(rgb)
-    assert (ycbcr_bt601_to_rgb(ycc) - rgb).abs().max() < 1e-6
-    assert (ycc[:, :1] - rgb_to_luma(rgb)).abs().max() < 1e-7
-    # JPEG chroma on the [0, 1] scale: pure blue has Cb = (128 + 127.5)/255, pure red the same Cr.
-    blue = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1)
-    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
-    assert abs(rgb_to_ycbcr_bt601(blue)[0, 1].item() - 255.5 / 255) < 1e-6
-    assert abs(rgb_to_ycbcr_bt601(red)[0, 2].item() - 255.5 / 255) < 1e-6
-    # Cb on the 8-bit scale: 128 - 0.168736 R - 0.331264 G + 0.5 B.
-    px = torch.tensor([0.2, 0.6, 0.9]).view(1, 3, 1, 1)
-    cb255 = 128 - 0.168736 * 51 - 0.331264 * 153 + 0.5 * 229.5
-    assert abs(rgb_to_ycbcr_bt601(px)[0, 1].item() * 255 - cb255) < 1e-4
-
-
-def test_grey_has_its_own_luma_and_neutral_chroma():
+def test_grey_has_its_own_luma():
     grey = _rand((2, 1, 5, 6), 0, 1, seed=8).expand(2, 3, 5, 6)
     assert (rgb_to_luma(grey) - grey[:, :1]).abs().max() < 1e-6
-    assert (rgb_to_ycbcr_bt601(grey)[:, 1:] - 128 / 255).abs().max() < 1e-6
 
 
 def test_value_range_helpers():
