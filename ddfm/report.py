@@ -26,6 +26,8 @@ from ddfm.metrics_io import decode_rgb8
 HIGHER_IS_BETTER = {
     "EN": True, "SD": True, "SF": True, "MI": True, "SCD": True, "VIF": True, "Qabf": True,
     "SSIM": True, "AG": True, "CC": True, "PSNR": True, "MSE": False,
+    # the tang dialect's extras: Nabf is the share of fusion artefacts, MS_SSIM (MEF-SSIM) a similarity
+    "Nabf": False, "Nabf_fused_first": False, "MS_SSIM": True,
 }
 ARROWS = {True: "\u2191", False: "\u2193", None: "?"}
 THUMB_SIDE = 192

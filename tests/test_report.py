@@ -262,3 +262,11 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert (pixels.sum(axis=2) < 200).mean() > 0.002
     green = (pixels[..., 1] > 220) & (pixels[..., 0] < 215) & (pixels[..., 0] > 185)
     assert green.sum() > 50
+
+
+def test_every_metric_of_every_protocol_has_a_direction():
+    from ddfm.metrics import ALL_PROTOCOLS, protocol_metrics
+    names = {m for p in ALL_PROTOCOLS for m in protocol_metrics(p, extras=True)}
+    assert {"Nabf", "MS_SSIM"} <= names
+    assert {m for m in names if m not in HIGHER_IS_BETTER} == set()
+    assert HIGHER_IS_BETTER["Nabf"] is False and HIGHER_IS_BETTER["MS_SSIM"] is True
