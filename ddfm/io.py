@@ -149,7 +149,7 @@ def _array_levels(data, name):
         low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
         if low < -FLOAT_TOLERANCE or high > 1.0 + FLOAT_TOLERANCE:
             raise FusionInputError(f"{name}: {dtype} values {low:g}..{high:g} are outside [0, 1]; "
-                                   f"float images are taken as [0, 1] (divide 8-bit data by 255)")
+                                   f"float images are taken as [0, 1] (divide by {255 if high <= 255 else 65535} first)")
         return np.round(np.clip(data.astype(np.float64), 0.0, 1.0) * 255.0)
     raise FusionInputError(f"{name}: unsupported dtype {dtype}; pass uint8, uint16, or floats in [0, 1]")
 

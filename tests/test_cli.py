@@ -374,7 +374,8 @@ def test_python_api_reads_integer_and_float_arrays_like_files(tmp_path):
 @pytest.mark.parametrize("array,needle", [
     (np.full((40, 40), 300, np.int64), "int64 values 300..300"),
     (np.full((40, 40), -1, np.int16), "int16 values -1..-1"),
-    (np.full((40, 40), 1.5), "outside [0, 1]"),
+    (np.full((40, 40), 1.5), "outside [0, 1]; float images are taken as [0, 1] (divide by 255 first)"),
+    (np.full((40, 40), 4095.0), "divide by 65535 first"),  # 12/16-bit data as float: not "8-bit"
     (np.full((40, 40), -0.2, np.float32), "outside [0, 1]"),
     (np.full((40, 40), np.nan), "NaN or infinite"),
     (np.full((40, 40), np.inf, np.float32), "NaN or infinite"),
