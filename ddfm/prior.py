@@ -27,16 +27,14 @@ COMPILE_MODES = ("none", "unet", "step", "graph")
 
 def set_tf32(enabled, matmul=None):
     """TF32 for CUDA float32 convolutions (and matmuls: `matmul`, default the same): off gives
-    exact float32 (PyTorch's default turns it on for cuDNN convolutions only). Uses the
-    fp32_precision API where torch has it: mixing it with the legacy flags is an error there."""
-    matmul = enabled if matmul is None else matmul
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        conv.fp32_precision = "tf32" if enabled else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
-    else:
-        torch.backends.cudnn.allow_tf32 = enabled
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+    exact float32 (PyTorch's default turns it on for cuDNN convolutions only).
+
+    Set through the legacy flags: in torch >= 2.9 they update the fp32_precision state too, so
+    every getter stays readable. Setting only fp32_precision leaves the legacy state behind, and
+    then reading it (torch.get_float32_matmul_precision(), cudnn.allow_tf32, which inductor and
+    cuBLAS consult) raises "mix of the legacy and new APIs"."""
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled if matmul is None else matmul)
 
 
 def resolve_device(name):

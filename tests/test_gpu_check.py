@@ -96,3 +96,20 @@ def test_re_randomised_unet_output_is_not_zero():
         assert unet(x, t).abs().max() == 0
         out = gpu_setup.randomise_(unet)(x, t)
     assert out.std() > 0.05 and all(p.std() > 0 for p in unet.parameters() if p.numel() > 1)
+
+
+def test_tf32_switch_leaves_every_flag_readable():
+    """Each row sets TF32 on or off; afterwards every getter (legacy and fp32_precision, which
+    inductor and cuBLAS read) must answer: setting fp32_precision alone made them raise."""
+    from ddfm.prior import set_tf32
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        for conv, matmul in ((True, True), (False, False), (True, False), (True, True)):
+            set_tf32(conv, matmul=matmul)
+            assert torch.backends.cudnn.allow_tf32 is conv
+            assert torch.backends.cuda.matmul.allow_tf32 is matmul
+            assert torch.get_float32_matmul_precision() == ("high" if matmul else "highest")
+            if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+                assert torch.backends.cuda.matmul.fp32_precision == ("tf32" if matmul else "ieee")
+    finally:
+        set_tf32(*saved)
