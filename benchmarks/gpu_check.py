@@ -65,6 +65,10 @@ class RowTimeout(Exception):
     """The time budget ran out inside a row."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (an outer `timeout`) or Ctrl-C: stop, keep and write what was measured."""
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -138,6 +142,11 @@ def dynamo_counts():
     return counters["stats"].get("unique_graphs", 0), sum(counters["graph_break"].values())
 
 
+def cudagraph_skips():
+    from torch._dynamo.utils import counters
+    return counters["inductor"].get("cudagraph_skips", 0)
+
+
 def run_row(bench, mode, size_key):
     """One configuration at one size: warm-up, UNet alone, the timed run; returns the row."""
     args, device = bench.args, bench.device
@@ -178,6 +187,8 @@ def run_row(bench, mode, size_key):
     fill_timing(bench, row, seconds, warm_s, h, w, batch)
     if MODES[mode][2] != "none":
         row["graphs"], row["graph_breaks"] = dynamo_counts()
+    if MODES[mode][2] == "graph" and device.type == "cuda" and cudagraph_skips():
+        row["note"] = "CUDA graphs skipped by inductor (its log says why): timed as a compiled step"
     if not torch.isfinite(fused).all():
         row["note"] = "non-finite values in the fused output"
     bench.fused[(mode, size_key)] = [io.luma_to_uint8(f[0], "minmax") for f in fused.cpu().numpy()]
@@ -312,6 +323,36 @@ def on_alarm(signum, frame):
     raise RowTimeout()
 
 
+def on_terminate(signum, frame):
+    raise Terminated()
+
+
+def stopped_by_alarm(err, deadline):
+    """A RowTimeout, also when torch.compile wrapped it (BackendCompilerFailed and the like)."""
+    while err is not None:
+        if isinstance(err, RowTimeout):
+            return True
+        err = err.__cause__ or err.__context__
+    return time.monotonic() >= deadline
+
+
+def error_note(err):
+    if is_out_of_memory(err):
+        return "error: out of memory"
+    first_line = (str(err).splitlines() or [""])[0]
+    return f"error: {type(err).__name__}: {first_line[:200]}"
+
+
+def clean_up(bench):
+    """Between rows. After an interrupted row (e.g. inside a CUDA-graph capture) this may fail;
+    that must not lose the table."""
+    try:
+        torch._dynamo.reset()
+        free_memory(bench.device)
+    except Exception as err:  # noqa: BLE001
+        print(f"gpu_check: clean-up after the row failed: {error_note(err)}", file=sys.stderr)
+
+
 def run_entry(bench, entry):
     if entry == "fit":
         return run_fit(bench)
@@ -320,8 +361,10 @@ def run_entry(bench, entry):
 
 
 def run_plan(bench, plan, deadline):
+    """Every entry in turn; the CSV/JSON are rewritten after each, so a run killed from outside
+    still leaves the rows done so far. SIGTERM/Ctrl-C stop the plan with a note."""
     rows = []
-    for entry in plan:
+    for k, entry in enumerate(plan):
         left = deadline - time.monotonic()
         if left < entry_cost_s(entry, bench.args.dry_run):
             rows.append(skipped_row(entry, f"skipped: {left:.0f} s of the time budget left"))
@@ -331,19 +374,36 @@ def run_plan(bench, plan, deadline):
         try:
             rows += run_entry(bench, entry)
             rows[-1]["wall_s"] = time.monotonic() - began
-        except RowTimeout:
-            rows.append(skipped_row(entry, "stopped: the time budget ran out during this row"))
-        except Exception as err:  # one broken row must not lose the others
-            if is_out_of_memory(err):
-                rows.append(skipped_row(entry, "error: out of memory"))
-                continue
-            rows.append(skipped_row(entry, f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"))
+        except Terminated:
+            signal.alarm(0)
+            rows.append(skipped_row(entry, "stopped: terminated (SIGTERM/Ctrl-C) during this row"))
+            rows += [skipped_row(e, "skipped: terminated") for e in plan[k + 1:]]
+            print(format_row(rows[-1]), flush=True)
+            save(bench, rows)
+            break
+        except Exception as err:  # noqa: BLE001  one broken row must not lose the others
+            signal.alarm(0)
+            rows.append(skipped_row(entry, "stopped: the time budget ran out during this row"
+                                    if stopped_by_alarm(err, deadline) else error_note(err)))
         finally:
             signal.alarm(0)
-            torch._dynamo.reset()
-            free_memory(bench.device)
+        clean_up(bench)
         print(format_row(rows[-1]), flush=True)
+        save(bench, rows)
     return rows
+
+
+def finished(bench, rows):
+    """Copies of the rows with the cross-row columns (PSNR against the exact row, borrowed UNet
+    time) filled in; the rows themselves stay as measured, so this can run after every entry."""
+    rows = [dict(row) for row in rows]
+    compare_to_exact(bench, rows)
+    borrow_compiled_unet_time(rows)
+    return rows
+
+
+def save(bench, rows):
+    return write_outputs(bench, finished(bench, rows), Path(bench.args.out))
 
 
 def skipped_row(entry, note):
@@ -415,11 +475,13 @@ def main(argv=None):
     for h, w, _ in {bench.sizes[e.partition("@")[2]] for e in plan if e != "fit"}:
         bench.flops_for(h, w)
     signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_terminate)
+    signal.signal(signal.SIGINT, on_terminate)
     print("\n".join(header_lines(bench)))
     print(" | ".join(COLUMNS), flush=True)
-    rows = run_plan(bench, plan, start + args.budget_s)
-    compare_to_exact(bench, rows)
-    borrow_compiled_unet_time(rows)
+    save(bench, [])  # the header (card, versions) is on disk even if the first row hangs
+    measured = run_plan(bench, plan, start + args.budget_s)
+    rows = finished(bench, measured)
     print("\n" + "\n".join(header_lines(bench)))
     print(" | ".join(COLUMNS))
     for row in rows:
@@ -428,9 +490,10 @@ def main(argv=None):
         print("profile (" + args.profile + "):")
         for kind, share in bench.profile["shares"].items():
             print(f"  {kind:<24} {share:6.1%}")
-    csv_path, json_path = write_outputs(bench, rows, Path(args.out))
+    csv_path, json_path = save(bench, measured)
     print(f"total {time.monotonic() - start:.0f} s; written: {csv_path}, {json_path}")
-    return 1 if any(str(r.get("note", "")).startswith("error") for r in rows) else 0
+    failed = ("error", "stopped: terminated")
+    return 1 if any(str(r.get("note", "")).startswith(failed) for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ make a fresh network output exactly 0), and the weights are kept once on the hos
 configuration gets a fresh copy and its peak memory holds only its own weights.
 """
 import math
+import os
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, matched in
 # order against torch.cuda.get_device_name(); --peak-tflops overrides.
 BF16_DENSE_PEAK_TFLOPS = (
-    ("H200", 989.0), ("GH200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0),
-    ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("RTX 4090", 165.2), ("L4", 121.0),
+    ("H200 NVL", 835.0), ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0),
+    ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L40", 181.0), ("RTX 4090", 165.2),
+    ("L4", 121.0),
 )
 
 
@@ -46,8 +49,20 @@ def nvidia_driver():
             return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError):
         pass
-    version = torch._C._cuda_getDriverVersion() if torch.cuda.is_available() else 0
+    try:  # a private call: any failure only costs the header's driver field
+        version = torch._C._cuda_getDriverVersion() if torch.cuda.is_available() else 0
+    except (AttributeError, RuntimeError):
+        version = 0
     return f"CUDA driver API {version // 1000}.{version % 1000 // 10}" if version else "n/a"
+
+
+def c_compiler():
+    """The host C compiler Triton needs to build its launcher (torch.compile on CUDA), or None."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        path = name and shutil.which(name)
+        if path:
+            return path
+    return None
 
 
 def environment(device):
@@ -57,7 +72,8 @@ def environment(device):
         props = torch.cuda.get_device_properties(device)
         info.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
                     driver=nvidia_driver(), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), capability=f"{props.major}.{props.minor}")
+                    cudnn=torch.backends.cudnn.version(), capability=f"{props.major}.{props.minor}",
+                    c_compiler=c_compiler() or "none (torch.compile rows will fail)")
     else:
         info.update(name=f"CPU ({platform.processor() or platform.machine()}, "
                          f"{torch.get_num_threads()} threads)")

@@ -25,7 +25,7 @@ def header_lines(bench):
     lines = [f"device: {env['name']} ({env['device']})  torch {env['torch']}"]
     if bench.device.type == "cuda":
         lines.append(f"driver {env['driver']}  CUDA {env['cuda']}  cuDNN {env['cudnn']}  "
-                     f"memory {env['memory_gb']} GB  capability {env['capability']}")
+                     f"memory {env['memory_gb']} GB  capability {env['capability']}  C compiler {env['c_compiler']}")
     peak = f"{bench.peak:g} TFLOP/s" if bench.peak else "unknown (pass --peak-tflops)"
     lines.append(f"weights: {env['weights']}")
     lines.append(f"bf16 dense peak used for frac_peak: {peak}"

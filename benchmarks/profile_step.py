@@ -5,6 +5,7 @@ their float32 casts too (what the fast path pays for keeping GroupNorm in float3
 """
 from contextlib import contextmanager
 
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from guided_diffusion.nn import GroupNorm32
@@ -63,7 +64,9 @@ def profile_steps(run_steps, device, count):
             kind = kind_of(evt.key)
             totals[kind] = totals.get(kind, 0.0) + self_time(evt)
     total = sum(totals.values()) or 1.0
-    label = next((e for e in events if e.key == "GroupNorm32"), None)
+    # The CPU-side range: its device time is its kernels'. On CUDA the profiler also records a
+    # device-side copy of the range whose time is its wall span, idle gaps included.
+    label = next((e for e in events if e.key == "GroupNorm32" and e.device_type == DeviceType.CPU), None)
     inclusive = 0.0 if label is None else (label.device_time_total if cuda else label.cpu_time_total)
     shares = dict(sorted(((k, v / total) for k, v in totals.items()), key=lambda kv: -kv[1]))
     shares["GroupNorm32 incl. casts"] = inclusive / total

@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import subprocess
+import time
 import sys
 
 import pytest
@@ -113,3 +114,58 @@ def test_tf32_switch_leaves_every_flag_readable():
                 assert torch.backends.cuda.matmul.fp32_precision == ("tf32" if matmul else "ieee")
     finally:
         set_tf32(*saved)
+
+
+def test_card_peak_by_the_names_cuda_reports():
+    expected = {"NVIDIA H200": 989.0, "NVIDIA GH200 480GB": 989.0, "NVIDIA H200 NVL": 835.0,
+                "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100 PCIe": 756.0, "NVIDIA H100 NVL": 835.0,
+                "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA L40S": 362.0, "NVIDIA L40": 181.0,
+                "NVIDIA L4": 121.0, "NVIDIA GeForce RTX 4090": 165.2, "Tesla T4": None}
+    assert {name: gpu_setup.card_peak(name) for name in expected} == expected
+
+
+def fake_bench(tmp_path):
+    from types import SimpleNamespace
+    args = SimpleNamespace(dry_run=True, out=str(tmp_path), steps=2, warmup_steps=1)
+    return SimpleNamespace(args=args, device=torch.device("cpu"), sizes=gpu_check.DRY_SIZES,
+                           fused={}, env={"name": "test"}, flops={})
+
+
+def test_rows_are_saved_as_they_finish_and_a_sigterm_keeps_them(tmp_path, monkeypatch):
+    """An outer `timeout` (SIGTERM) mid-plan: the rows done so far are already on disk, the
+    interrupted row and the rest are marked; a torch.compile-wrapped alarm counts as the budget."""
+    seen = []
+
+    def run_entry(bench, entry):
+        seen.append(entry)
+        if entry == "bf16@256":
+            raise gpu_check.Terminated()
+        if entry == "bf16_compile@256":
+            try:
+                raise gpu_check.RowTimeout()
+            except gpu_check.RowTimeout as err:
+                raise RuntimeError("backend='inductor' raised: RowTimeout") from err
+        row = {"row": entry.split("@")[0], "size": "32x32", "batch": 1, "steps": 2, "note": ""}
+        saved = json.loads((tmp_path / "gpu_check_dry.json").read_text())["rows"] if seen[1:] else []
+        row["note"] = f"{len(saved)} rows on disk"
+        return [row]
+
+    monkeypatch.setattr(gpu_check, "run_entry", run_entry)
+    plan = ["fp32_exact@256", "bf16_compile@256", "bf16_cl@256", "bf16@256", "bf16_graph@256"]
+    rows = gpu_check.run_plan(fake_bench(tmp_path), plan, deadline=time.monotonic() + 600)
+    assert seen == plan[:4]
+    notes = [r["note"] for r in rows]
+    assert notes[0] == "0 rows on disk" and notes[2] == "2 rows on disk"
+    assert notes[1] == "stopped: the time budget ran out during this row"
+    assert notes[3].startswith("stopped: terminated") and notes[4] == "skipped: terminated"
+    with open(tmp_path / "gpu_check_dry.csv", newline="") as handle:
+        assert [r["note"] for r in csv.DictReader(handle)] == notes
+
+
+def test_cross_row_columns_are_not_added_twice(tmp_path):
+    bench = fake_bench(tmp_path)
+    rows = [{"row": "bf16", "size": "32x32", "batch": 1, "note": "", "_key": ("bf16", "256")}]
+    bench.fused[("bf16", "256")] = [torch.zeros(32, 32).numpy()]
+    for _ in range(3):
+        done = gpu_check.finished(bench, rows)
+    assert done[0]["note"] == "no exact row at this size" and rows[0]["note"] == ""
