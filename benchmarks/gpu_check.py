@@ -268,13 +268,16 @@ def fit_trial(bench, model, step, side, limit_gb):
 
 
 def largest_square(bench, limit_gb):
-    """The largest square side (multiple of 32) whose bf16 fast-path step fits in limit_gb."""
+    """The largest square side (multiple of 32) whose bf16 fast-path step fits in limit_gb, its
+    peak and the sizes that failed otherwise. A kernel may refuse a size before memory runs out
+    (cuDNN/GroupNorm with over 2**31 elements, e.g. 256 channels at 4096 px): that size counts as
+    not fitting and is named in the note instead of losing the search."""
     device = bench.device
     model, step = bench.model("bf16_cl")
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * 2**30 / total), device)
-    best, peak, low, high = 0, None, 32 if bench.args.dry_run else 256, None
+    best, peak, low, high, refused = 0, None, 32 if bench.args.dry_run else 256, None, []
     side = low
     try:
         while high is None or high - low > 32:
@@ -287,7 +290,7 @@ def largest_square(bench, limit_gb):
                     peak = torch.cuda.max_memory_allocated(device) / 2**30
             except RuntimeError as err:  # cuDNN/cuBLAS report a failed workspace their own way
                 if not is_out_of_memory(err):
-                    raise
+                    refused.append(f"{side}px {error_note(err)[7:80]}")
                 high = side
             free_memory(device)
             side = low * 2 if high is None else (low + high) // 64 * 32
@@ -296,17 +299,23 @@ def largest_square(bench, limit_gb):
     finally:
         if device.type == "cuda":
             torch.cuda.set_per_process_memory_fraction(1.0, device)
-    return best, peak
+    return best, peak, refused
 
 
 def run_fit(bench):
     rows = []
     for limit in FIT_LIMITS_GB:
-        side, peak = largest_square(bench, limit)
+        try:  # each cap on its own: a failed 24 GB search keeps the 12 GB row
+            side, peak, refused = largest_square(bench, limit)
+        except Exception as err:  # noqa: BLE001
+            rows.append({"row": f"fit_{limit}gb", "note": error_note(err)})
+            free_memory(bench.device)
+            continue
         rows.append({"row": f"fit_{limit}gb", "size": f"{side}x{side}", "batch": 1, "steps": 1,
                      "peak_alloc_gb": peak,
                      "note": f"largest square (/32) whose bf16 channels-last DDFM step fits {limit} GB "
-                             f"(allocator cap; CUDA context not counted)"})
+                             f"(allocator cap; CUDA context not counted)"
+                             + (f"; refused (not out of memory): {', '.join(refused)}" if refused else "")})
     return rows
 
 

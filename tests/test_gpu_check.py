@@ -169,3 +169,22 @@ def test_cross_row_columns_are_not_added_twice(tmp_path):
     for _ in range(3):
         done = gpu_check.finished(bench, rows)
     assert done[0]["note"] == "no exact row at this size" and rows[0]["note"] == ""
+
+
+def test_fit_search_counts_a_refused_size_as_not_fitting(tmp_path, monkeypatch):
+    """Past 2**31 elements cuDNN can refuse a size with a plain RuntimeError before memory runs
+    out: the search goes on below it and names it; another cap's search is not lost."""
+    def fit_trial(bench, model, step, side, limit_gb):
+        if side > 4 * limit_gb:
+            raise torch.OutOfMemoryError("simulated")
+        if side > 64:
+            raise RuntimeError("Expected canUse32BitIndexMath(input) to be true, but got false.")
+        return True
+
+    monkeypatch.setattr(gpu_check, "fit_trial", fit_trial)
+    bench = fake_bench(tmp_path)
+    bench.model = lambda mode: (None, None)
+    rows = {r["row"]: r for r in gpu_check.run_fit(bench)}
+    assert rows["fit_12gb"]["size"] == "32x32" and "refused" not in rows["fit_12gb"]["note"]
+    assert rows["fit_24gb"]["size"] == "64x64"
+    assert "refused (not out of memory): 96px RuntimeError: Expected canUse32BitIndexMath" in rows["fit_24gb"]["note"]
