@@ -1,6 +1,6 @@
 """DDFM speed, memory and accuracy on a CUDA GPU: one prepared command, one table.
 
-    python benchmarks/gpu_check.py                  # CUDA: every row, 100 steps, <= 8 min budget
+    timeout -k 20 540 python benchmarks/gpu_check.py  # CUDA: every row, 100 steps, <= 8 min
     python benchmarks/gpu_check.py --dry-run        # the same code path on the CPU, tiny UNet
     python benchmarks/gpu_check.py --rows bf16_cl@480x640,fit --steps 20 --profile bf16_cl@480x640
 
