@@ -188,3 +188,34 @@ def test_fit_search_counts_a_refused_size_as_not_fitting(tmp_path, monkeypatch):
     assert rows["fit_12gb"]["size"] == "32x32" and "refused" not in rows["fit_12gb"]["note"]
     assert rows["fit_24gb"]["size"] == "64x64"
     assert "refused (not out of memory): 96px RuntimeError: Expected canUse32BitIndexMath" in rows["fit_24gb"]["note"]
+
+
+def test_fit_cap_is_a_fraction_of_the_cards_memory_and_is_lifted(tmp_path, monkeypatch):
+    """The CUDA branch of the fit search with torch.cuda faked: a 141 GiB card gets the fraction
+    12/141 (then 24/141), set before the trials and back to 1.0 after, even after an error."""
+    from types import SimpleNamespace
+    fractions, allocated = [], {"now": 0}
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(total_memory=141 * 2**30))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, device=None: fractions.append(round(fraction, 6)))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocated["now"])
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+
+    def fit_trial(bench, model, step, side, limit_gb):
+        if limit_gb == 24 and side > 512:
+            raise ValueError("a bug in the trial")
+        if side * side * 4 > limit_gb * 2**20:  # a stand-in for the allocator's cap
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        allocated["now"] = side * side * 4 * 2**10
+        return True
+
+    monkeypatch.setattr(gpu_check, "fit_trial", fit_trial)
+    bench = fake_bench(tmp_path)
+    bench.args.dry_run, bench.device, bench.model = False, torch.device("cuda"), lambda mode: (None, None)
+    rows = {r["row"]: r for r in gpu_check.run_fit(bench)}
+    assert fractions == [round(12 / 141, 6), 1.0, round(24 / 141, 6), 1.0]
+    assert rows["fit_12gb"]["size"] == "1760x1760"  # 1760^2 * 4 B <= 12 MiB < 1792^2 * 4 B
+    assert rows["fit_12gb"]["peak_alloc_gb"] == pytest.approx(1760 ** 2 * 4 * 2**10 / 2**30)
+    assert rows["fit_24gb"]["note"] == "error: ValueError: a bug in the trial"
