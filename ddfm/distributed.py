@@ -7,13 +7,12 @@ coordination only) is used for that one broadcast and one barrier, nothing else.
 """
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ddfm.io import publish
+from ddfm.files import write_atomic
 
 
 def rank_and_world():
@@ -35,11 +34,7 @@ def _barrier():
 
 
 def write_json_atomic(path, data):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    publish(tmp, path)
+    write_atomic(path, lambda handle: handle.write(json.dumps(data, indent=2, default=str).encode()))
 
 
 def from_rank0(work):

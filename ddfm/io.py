@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ddfm import color
-from ddfm.files import publish, write_atomic as _write_atomic  # noqa: F401 (publish: re-exported)
+from ddfm.files import write_atomic
 from ddfm.metrics_io import IMAGE_EXTENSIONS, UnsupportedImageError, decode_rgb8, luma_from_rgb8
 
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
@@ -285,12 +285,12 @@ def recombine_chroma(grey_u8, rgb):
 
 def write_image_atomic(path, array, before_publish=None):
     """Write a PNG (uint8 grey or RGB) through a temporary file and a rename: never half a file."""
-    _write_atomic(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"), before_publish)
+    write_atomic(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"), before_publish)
 
 
 def write_gif(path, frames, duration_ms=80):
     """An animated GIF of the progress frames (uint8 grey), so the sampling can be seen at a glance."""
     images = [Image.fromarray(f) for f in frames]
-    _write_atomic(path, lambda handle: images[0].save(handle, format="GIF", save_all=True,
+    write_atomic(path, lambda handle: images[0].save(handle, format="GIF", save_all=True,
                                                       append_images=images[1:],
                                                       duration=duration_ms, loop=0))

@@ -151,7 +151,7 @@ class FolderState:
 def remove_leftovers(save_dir):
     """Temporary files of a killed run (files.write_atomic, write_json_atomic): never images."""
     save_dir = Path(save_dir)
-    patterns = [(save_dir, ".run.json.*"), (save_dir / "recon", ".*.tmp"), (save_dir / "progress", "**/.*.tmp")]
+    patterns = [(save_dir, ".*.tmp"), (save_dir / "recon", ".*.tmp"), (save_dir / "progress", "**/.*.tmp")]
     removed = 0
     for folder, pattern in patterns:
         for path in folder.glob(pattern) if folder.is_dir() else []:

@@ -22,7 +22,6 @@ PRECISIONS = {
     "bf16-autocast": (None, torch.bfloat16),
     "fp16-autocast": (None, torch.float16),
 }
-COMPILE_MODES = ("none", "unet", "step", "graph")
 
 
 def set_tf32(enabled, matmul=None):

@@ -295,8 +295,8 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
     pairs, problems = find_input_pairs(fusion, log)
     for _, message in problems:
         log(f"error: {message}")
-    fingerprint = output_fingerprint(config, resolve_prior(fusion["prior"], config.model)[0])
     fuser, prior_info = build_fuser(config, log)
+    fingerprint = output_fingerprint(config, prior_info["prior"])
     if fuser.prior_free:
         log(f"prior-free: these settings have no effect: {', '.join(PRIOR_FREE_IGNORED)}, seed, the "
             f"model and diffusion configs ({PRIOR_FREE_WHY})")

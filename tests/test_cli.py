@@ -404,14 +404,14 @@ def test_outputs_are_readable_as_the_umask_allows(tmp_path):
     out = tmp_path / "out"
     script = (
         "import os, sys, numpy as np, sample\n"
-        "from ddfm import io\n"
+        "from ddfm import files, io\n"
         f"rc = sample.main(['--input_dir', {str(tmp_path / 'in')!r}, '--save_dir', {str(out)!r},"
         " '--quiet', 'prior=none'])\n"
         "frame = np.zeros((8, 8), np.uint8)\n"
         f"io.write_gif({str(out / 'u.gif')!r}, [frame, frame + 9])\n"
         f"open({str(out / 'tmp')!r}, 'w').close()\n"
         f"os.chmod({str(out / 'tmp')!r}, 0o600)\n"  # as mkstemp leaves it
-        f"io.publish({str(out / 'tmp')!r}, {str(out / 'published.json')!r})\n"
+        f"files.publish({str(out / 'tmp')!r}, {str(out / 'published.json')!r})\n"
         "sys.exit(rc)\n")
     previous = os.umask(0o027)  # the child reads this umask when it imports ddfm.io
     try:
