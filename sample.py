@@ -75,12 +75,13 @@ def main(argv=None):
         signal.signal(signal.SIGTERM, previous)
     counts = record["counts"]
     log(f"fused {counts['fused']}, skipped {counts['skipped']} (already fused), failed {counts['failed']} "
-        f"pair(s)" + (f"; {args.save_dir}/recon holds {counts['in_folder']} image(s)" if "in_folder" in counts else ""))
+        f"pair(s); {args.save_dir}/recon holds {counts['in_folder']} image(s)")
     return 1 if counts["failed"] or "record_error" in record or report_failed else 0
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
 
 if __name__ == "__main__":
     sys.exit(main())
