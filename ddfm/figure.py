@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 
 from ddfm import zoom
-from ddfm.evaluation import EvaluationError, list_images
+from ddfm.evaluation import EvaluationError, _decode, list_images
 from ddfm.files import write_atomic
-from ddfm.metrics_io import decode_rgb8, luma_from_rgb8
+from ddfm.metrics_io import luma_from_rgb8
 
 # Figure widths in inches: one column / a full page of a two-column paper (IEEE/CVF).
 WIDTHS = {"column": 3.5, "page": 7.16}
@@ -41,11 +41,9 @@ class Row:
 def read_rgb(path):
     """An image file -> (H, W, 3) uint8 for display (grey repeated on the three channels)."""
     try:
-        with Image.open(path) as img:
-            data = decode_rgb8(img)
-    except Exception as err:  # Pillow raises many types; the user needs the file name
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise FigureError(f"cannot read image {path}: {reason}") from None
+        data = _decode(path)  # evaluate.py's read: the same pixels and the same one-line error
+    except EvaluationError as err:
+        raise FigureError(str(err)) from None
     return np.repeat(data[..., None], 3, axis=2) if data.ndim == 2 else data
 
 
