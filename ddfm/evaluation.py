@@ -82,11 +82,9 @@ def _decode(path):
         raise EvaluationError(f"cannot read image {path}: {reason}") from None
 
 
-def _grey(pixels, protocol):
-    """The grey image a protocol's evaluator sees: rounded BT.601 luma, or MATLAB's rgb2gray."""
-    if protocol == "tang":
-        return matlab_grey_from_rgb8(pixels)
-    return luma_from_rgb8(pixels)
+def _grey_converter(protocol):
+    """How a protocol's evaluator sees colour: rounded BT.601 luma, or MATLAB's rgb2gray."""
+    return matlab_grey_from_rgb8 if protocol == "tang" else luma_from_rgb8
 
 
 def _fit_sources(stem, a, b, fused):
@@ -203,8 +201,12 @@ def evaluate_protocols(a_dir, b_dir, fused_dirs, protocols=("reference",), metri
                 if fitted is not None:
                     cropped[method].append(f"{stem} {_shape(a)}->{_shape(fused)}")
                 sa, sb = fitted or (a, b)
+                greys = {}  # by converter: reference and corrected share the BT.601 luma
                 for p in protocols:
-                    grey = [_grey(x, p) for x in (sa, sb, fused)]
+                    convert = _grey_converter(p)
+                    if convert not in greys:
+                        greys[convert] = [convert(x) for x in (sa, sb, fused)]
+                    grey = greys[convert]
                     try:
                         per_image[p][method][stem] = compute_metrics(*grey, protocol=p, metrics=names[p])
                     except ValueError as exc:  # e.g. an image too small for VIF's 4 scales

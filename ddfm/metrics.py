@@ -87,11 +87,15 @@ def _pearson(x, y):
 # ---------------------------------------------------------------- single-image metrics
 
 
+def _entropy_bits(counts, n):
+    """Shannon entropy (bits) of a histogram of n samples."""
+    p = counts[counts > 0] / n
+    return float(-np.sum(p * np.log2(p)))
+
+
 def en(fused):
     """EN: Shannon entropy (bits) of the 256-level histogram of F. HxW -> [0, 8]."""
-    counts = np.bincount(_levels(fused).ravel(), minlength=256)
-    p = counts[counts > 0] / fused.size
-    return float(-np.sum(p * np.log2(p)))
+    return _entropy_bits(np.bincount(_levels(fused).ravel(), minlength=256), fused.size)
 
 
 def sd(fused):
@@ -172,14 +176,18 @@ def psnr(a, b, fused, protocol="reference"):
 # ---------------------------------------------------------------- VIF
 
 
+def _gaussian_1d(size, sigma):
+    """Normalised 1-D factor of a size x size Gaussian window (fspecial('gaussian', size, sigma))."""
+    x = np.arange(size) - (size - 1) / 2.0
+    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
+    return g / g.sum()
+
+
 def _vif_kernel(n):
     """Normalised 1-D factor of the NxN Gaussian window (sigma = N/5) of vifp_mscale."""
-    sigma = n / 5.0
-    x = np.arange(n) - (n - 1) / 2.0
-    g = np.exp(-(x * x) / (2.0 * sigma * sigma))
     # The 2-D window zeroes entries below eps * max; for N <= 17, sigma = N/5 none is that small,
     # so the window is exactly separable.
-    return g / g.sum()
+    return _gaussian_1d(n, n / 5.0)
 
 
 def _filter_valid(stack, g):
@@ -281,9 +289,10 @@ def vif(a, b, fused):
 # ---------------------------------------------------------------- Qabf
 
 
-def _sobel(img, zero_pad):
-    """3x3 Sobel (gx, gy) as true convolution with the reference kernels; 'same' size output."""
-    p = np.pad(img, 1, mode="constant" if zero_pad else "edge")
+def _sobel(img, pad_mode):
+    """3x3 Sobel (gx, gy) as true convolution with the reference kernels; 'same' size output,
+    the image padded by one pixel with np.pad's ``pad_mode``."""
+    p = np.pad(img, 1, mode=pad_mode)
     smooth_v = p[:-2, :] + 2.0 * p[1:-1, :] + p[2:, :]  # [1,2,1] down the columns, (H, W+2)
     smooth_h = p[:, :-2] + 2.0 * p[:, 1:-1] + p[:, 2:]  # [1,2,1] along the rows, (H+2, W)
     gx = smooth_v[:, :-2] - smooth_v[:, 2:]  # f[j-1] - f[j+1]: the flipped x-kernel
@@ -293,7 +302,7 @@ def _sobel(img, zero_pad):
 
 def _strength_angle(img, zero_pad):
     """Sobel strength sqrt(gx^2 + gy^2) and orientation arctan(gy / gx) (pi/2 where gx == 0)."""
-    gx, gy = _sobel(img, zero_pad)
+    gx, gy = _sobel(img, "constant" if zero_pad else "edge")
     strength = gx * gx
     strength += gy * gy
     np.sqrt(strength, out=strength)
@@ -375,11 +384,9 @@ def _ssim_corrected(f, sources):
     """Sum of Wang et al. SSIM(F, X): 11x11 Gaussian (sigma 1.5), L = 255, float64, valid region."""
     c1 = (0.01 * 255.0) ** 2
     c2 = (0.03 * 255.0) ** 2
-    t = np.arange(11) - 5.0
-    g = np.exp(-(t * t) / (2 * 1.5**2))
     a, b = sources
     # All local moments in one batched 'valid' filtering (the 5-pixel border has no full window).
-    m = _filter_valid(np.stack([f, f * f, a, a * a, a * f, b, b * b, b * f]), g / g.sum())
+    m = _filter_valid(np.stack([f, f * f, a, a * a, a * f, b, b * b, b * f]), _gaussian_1d(11, 1.5))
     return sum(ssim_means_from_moments(m, c1, c2))
 
 

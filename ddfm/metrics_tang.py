@@ -70,22 +70,10 @@ def matlab_grey_from_rgb8(rgb):
     return np.clip(np.floor(y + 0.5), 0, 255)
 
 
-def _gaussian_1d(size, sigma):
-    """Normalised 1-D factor of fspecial('gaussian', size, sigma) (no entry is below eps * max)."""
-    t = np.arange(size) - (size - 1) / 2.0
-    g = np.exp(-(t * t) / (2.0 * sigma * sigma))
-    return g / g.sum()
-
-
-_SSIM_WINDOW = _gaussian_1d(11, 1.5)
+_SSIM_WINDOW = M._gaussian_1d(11, 1.5)  # no entry is below eps * max: exactly separable
 
 
 # ---------------------------------------------------------------- MI with the 254/255 merge
-
-
-def _entropy_bits(counts, n):
-    p = counts[counts > 0] / n
-    return float(-np.sum(p * np.log2(p)))
 
 
 def _mi_pair_bits(x_levels, f_levels):
@@ -94,9 +82,9 @@ def _mi_pair_bits(x_levels, f_levels):
     # Quirk (Hab.m): the bin index is uint8(x) + 1, which saturates, so 255 lands in 254's bin.
     joint = np.bincount((np.minimum(x_levels, 254) * 256 + np.minimum(f_levels, 254)).ravel(),
                         minlength=65536)
-    h_x = _entropy_bits(np.bincount(x_levels.ravel(), minlength=256), n)
-    h_f = _entropy_bits(np.bincount(f_levels.ravel(), minlength=256), n)
-    return h_x + h_f - _entropy_bits(joint, n)
+    h_x = M._entropy_bits(np.bincount(x_levels.ravel(), minlength=256), n)
+    h_f = M._entropy_bits(np.bincount(f_levels.ravel(), minlength=256), n)
+    return h_x + h_f - M._entropy_bits(joint, n)
 
 
 def mi(a, b, fused):
@@ -257,20 +245,13 @@ def ms_ssim(a, b, fused, moments=None):
 # ---------------------------------------------------------------- Nabf
 
 
-def _sobel_over8(img):
-    """Shreyamsha Kumar's Sobel: kernels / 8 on the image mirrored by one pixel (x[-1] = x[1])."""
-    p = np.pad(img, 1, mode="reflect")
-    smooth_v = (p[:-2, :] + 2.0 * p[1:-1, :] + p[2:, :]) / 8.0
-    smooth_h = (p[:, :-2] + 2.0 * p[:, 1:-1] + p[:, 2:]) / 8.0
-    # conv2 flips the kernels: both components change sign, which leaves strengths and the
-    # orientation differences used below unchanged.
-    gv = smooth_v[:, :-2] - smooth_v[:, 2:]
-    gh = smooth_h[:-2, :] - smooth_h[2:, :]
-    return gv, gh
-
-
 def _strength_orientation(img):
-    gv, gh = _sobel_over8(np.asarray(img, dtype=np.float64))
+    """Shreyamsha Kumar's Sobel (kernels / 8, image mirrored by one pixel: x[-1] = x[1]) ->
+    strength and orientation arctan(gv / gh)."""
+    gx, gy = M._sobel(np.asarray(img, dtype=np.float64), "reflect")
+    # Dividing by 8 is exact. conv2 flips the kernels: both components change sign, which leaves
+    # strengths and the orientation differences used below unchanged.
+    gv, gh = gx / 8.0, -gy / 8.0
     with np.errstate(invalid="ignore", divide="ignore"):
         angle = np.arctan(gv / gh)  # +-pi/2 where gh == 0 only
     return np.hypot(gv, gh), np.where((gv == 0) & (gh == 0), 0.0, angle)
