@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,7 +59,6 @@ PLAN = ("fp32_exact@480x640", "fp32_tf32@480x640", "fp16_autocast@480x640", "bf1
         "bf16_cl@256b8", "bf16@768x1024", "bf16_cl@768x1024", "fit", "bf16_compile@480x640",
         "bf16_step@480x640", "bf16_graph@480x640", "bf16_graph@256b8")
 FIT_LIMITS_GB = (12, 24)
-
 
 
 class RowTimeout(Exception):
@@ -138,12 +138,10 @@ def time_unet(model, x, device, repeats):
 
 
 def dynamo_counts():
-    from torch._dynamo.utils import counters
     return counters["stats"].get("unique_graphs", 0), sum(counters["graph_break"].values())
 
 
 def cudagraph_skips():
-    from torch._dynamo.utils import counters
     return counters["inductor"].get("cudagraph_skips", 0)
 
 
@@ -155,7 +153,6 @@ def run_row(bench, mode, size_key):
            "_key": (mode, size_key)}
     official = mode == "official_like"
     torch._dynamo.reset()
-    from torch._dynamo.utils import counters
     counters.clear()
     free_memory(device)
     model, step = bench.model(mode)

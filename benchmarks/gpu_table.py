@@ -46,7 +46,7 @@ def write_outputs(bench, rows, out_dir):
         writer.writeheader()
         writer.writerows({c: format_value(r[c]) if isinstance(r[c], float) else r[c] for c in COLUMNS}
                          for r in clean)
-    record = {"environment": bench.env, "settings": {k: v for k, v in vars(bench.args).items()},
+    record = {"environment": bench.env, "settings": dict(vars(bench.args)),
               "flops_per_forward": {f"{h}x{w}": f for (h, w), f in bench.flops.items()},
               "columns": list(COLUMNS), "rows": clean, "profile": getattr(bench, "profile", None)}
     (out_dir / f"{stem}.json").write_text(json.dumps(jsonable(record), indent=2, default=str))

@@ -69,6 +69,12 @@ def host_luma_out(ycc, F, device):
     return torch.from_numpy(rgb.astype(np.float32)).permute(0, 3, 1, 2).contiguous().to(device)
 
 
+def official_em_step(x0, em, I, V):
+    """The official per-step work outside the UNet: x0's host colour round trip around em."""
+    ycc, f_tilde = host_luma_in(x0)
+    return host_luma_out(ycc, em(f_tilde, I, V), x0.device)
+
+
 class OfficialEM:
     """The official EM state and call: complex OTFs, three forward FFT2s and one inverse per call."""
 
@@ -121,8 +127,7 @@ def official_like_sample(model, diffusion, a, b, x_T, png_dir, max_steps=None):
         recip = host_coef(diffusion.sqrt_recip_alphas_cumprod, t, device)
         recipm1 = host_coef(diffusion.sqrt_recipm1_alphas_cumprod, t, device)
         x0 = (recip * x - recipm1 * eps).clamp(-1, 1)
-        ycc, f_tilde = host_luma_in(x0)
-        x0 = host_luma_out(ycc, em(f_tilde, I, V), device)
+        x0 = official_em_step(x0, em, I, V)
         eps = (recip * x - x0) / recipm1
         abar_prev = host_coef(diffusion.alphas_cumprod_prev, t, device)
         noise = torch.randn_like(x)
