@@ -54,7 +54,7 @@ def main(argv=None):
         config = load_config(args.model_config, args.diffusion_config, args.fusion_config, overrides)
         record = run(config, save_dir=args.save_dir, overwrite=args.overwrite, log=log,
                      progress=not args.quiet)
-        method = "DDFM" if record["prior"]["prior"] == "adm" else "prior-free"
+        method = config.fusion["method"].upper() if record["prior"]["prior"] == "adm" else "prior-free"
         if config.fusion["evaluate"]:
             from ddfm.run import evaluate_run
             table = evaluate_run(config, args.save_dir, method=method, log=log)

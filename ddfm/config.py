@@ -25,6 +25,7 @@ DIFFUSION_KEYS = (
 FUSION_DEFAULTS = {
     "input_dir": "input",
     "modalities": ["ir", "vi"],
+    "method": "ddfm",
     "variant": "official",
     "lamb": 0.5,
     "rho": 0.001,
@@ -42,10 +43,15 @@ FUSION_DEFAULTS = {
     "channels_last": False,
     "compile": "none",
 }
+# CCF's own keys (method: ccf), as released; ddfm.ccf's settings validate them (validate_ccf).
+CCF_DEFAULTS = {
+}
+FUSION_DEFAULTS.update(CCF_DEFAULTS)
 FUSION_CHOICES = {
+    "method": ("ddfm", "ccf"),
     "variant": ("official", "paper"),
-    "size": ("pad", "crop"),
-    "color": ("auto", "grey"),
+    "size": ("pad", "crop", "official"),
+    "color": ("auto", "grey", "rgb", "visible"),
     "normalize": ("minmax", "clip"),
     "prior": ("auto", "adm", "none"),
     "dtype": ("fp32", "tf32", "bf16", "fp16", "bf16-autocast", "fp16-autocast"),
@@ -53,8 +59,10 @@ FUSION_CHOICES = {
     # ddfm.metrics.ALL_PROTOCOLS, its alias and "all" (not imported: configs load without SciPy)
     "eval_protocol": ("reference", "cddfuse", "corrected", "tang", "all"),
 }
+CCF_ONLY_CHOICES = {"size": ("official",), "color": ("rgb", "visible")}
 BOOL_KEYS = ("record", "evaluate", "report", "channels_last")
-DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
+DIFFUSION_CCF_ONLY_CHOICES = {"size": ("official",), "color": ("rgb", "visible")}
+BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
 # What torch.Generator.manual_seed accepts (a signed or unsigned 64-bit integer).
 SEED_RANGE = (-2**63, 2**64 - 1)
@@ -176,6 +184,7 @@ def validate_fusion(fusion):
         raise ConfigError(f"fusion config: batch_size must be a positive integer, got {fusion['batch_size']!r}")
     fusion["input_dir"] = str(fusion["input_dir"])
     fusion["device"] = str(fusion["device"])
+    validate_method(fusion)
     if fusion["device"] != "auto":
         import torch
         try:
@@ -183,6 +192,22 @@ def validate_fusion(fusion):
         except RuntimeError:
             raise ConfigError(f"fusion config: device={fusion['device']!r} is not a torch device "
                               f"(auto, cpu, cuda, cuda:N, ...)") from None
+    return fusion
+
+
+def validate_method(fusion):
+    """method ddfm | ccf: the choices only CCF has need method ccf; the ccf_ keys are checked by
+    ddfm.ccf's own settings validation (one line naming the key)."""
+    if fusion["method"] != "ccf":
+        for key, values in CCF_ONLY_CHOICES.items():
+            if fusion[key] in values:
+                raise ConfigError(f"fusion config: {key}={fusion[key]} is CCF's (needs method: ccf)")
+        return fusion
+    from ddfm.ccf_fusion import settings_from_fusion
+    try:
+        settings_from_fusion(fusion)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"fusion config: {err}") from None
     return fusion
 
 
@@ -216,6 +241,17 @@ def validate_diffusion(diffusion):
     return diffusion
 
 
+def set_ccf_sampler(diffusion):
+    """CCF samples with DDIM, eta 0 (its guidance replaces the noise): a sampler or eta that says
+    otherwise is refused rather than ignored."""
+    eta = diffusion.pop("eta", 0.0)
+    if eta not in (0, 0.0):
+        raise ConfigError(f"diffusion config: eta={eta!r} does not apply to method: ccf (DDIM, eta 0)")
+    if str(diffusion.get("sampler", "ddim")).lower() != "ddim":
+        raise ConfigError(f"diffusion config: sampler={diffusion['sampler']!r} does not apply to "
+                          f"method: ccf (DDIM, eta 0)")
+
+
 def locate_model_path(path):
     """A relative model_path is taken from the working directory, else from the project folder
     (so `models/...` works wherever sample.py is started from); absent everywhere, it is kept."""
@@ -236,12 +272,16 @@ def load_config(model_path, diffusion_path, fusion_path=None, overrides=()):
     fusion = dict(FUSION_DEFAULTS)
     if fusion_path is not None:
         given = read_yaml(fusion_path)
-        _check_keys(given, tuple(FUSION_DEFAULTS), fusion_path)
+        _check_keys(given, tuple(FUSION_DEFAULTS) + DIFFUSION_KEYS, fusion_path)
+        # A preset may also set diffusion keys (CCF's respacing 200): the command line still wins.
+        diffusion.update({k: given.pop(k) for k in DIFFUSION_KEYS if k in given})
         fusion.update(given)
     config = apply_overrides(Config(model, diffusion, fusion), overrides)
     config.model["model_path"] = locate_model_path(config.model.get("model_path"))
     validate_fusion(config.fusion)
-    if config.fusion["variant"] == "paper":
+    if config.fusion["method"] == "ccf":
+        set_ccf_sampler(config.diffusion)
+    elif config.fusion["variant"] == "paper":
         # Algorithm 1 line 16 is the stochastic DDPM posterior step, whatever the YAML's sampler.
         config.diffusion["sampler"] = "ddpm"
         config.diffusion.pop("eta", None)

@@ -168,6 +168,7 @@ def delete_outputs(save_dir, names):
         (save_dir / "recon" / name).unlink(missing_ok=True)
         shutil.rmtree(save_dir / "progress" / stem, ignore_errors=True)
         (save_dir / "progress" / f"{stem}.gif").unlink(missing_ok=True)
+        (save_dir / "progress" / f"{stem}.json").unlink(missing_ok=True)  # CCF's step record
 
 
 def changed_settings(before, after):

@@ -264,11 +264,12 @@ def render_page(context):
 
 
 def write_report(out_dir, results, a_dir, b_dir, fused_dirs, source_names=("IR", "VIS"),
-                 run_record=None, gifs=None, title="Fusion report"):
+                 run_record=None, gifs=None, title="Fusion report", conditions=None):
     """Write out_dir/index.html and its files; returns the path of index.html.
 
     results: list of evaluation results (one per protocol; may be empty); fused_dirs: {name:
-    folder}; run_record: a run.json dict; gifs: {stem: path of the sampling GIF}.
+    folder}; run_record: a run.json dict; gifs: {stem: path of the sampling GIF}; conditions:
+    {stem: ddfm.ccf_record.condition_strip} of a CCF run with record.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +280,8 @@ def write_report(out_dir, results, a_dir, b_dir, fused_dirs, source_names=("IR",
         plots.append(path.relative_to(out_dir).as_posix() if path else None)
     timings = run_timings(run_record)
     pairs = gallery(out_dir, a_dir, b_dir, fused_dirs, results, source_names, gifs, timings)
+    for pair in pairs:
+        pair["conditions"] = (conditions or {}).get(pair["stem"])
     context = {
         "title": title, "summaries": summaries, "plots": plots,
         "tables": [per_image_rows(r) for r in results], "pairs": pairs,
@@ -317,10 +320,12 @@ def write_run_report(config, save_dir, method, a_dir, b_dir, log=print):
         except EvaluationError as err:
             log(f"report: no metrics table ({err})")
     gifs = {path.stem: path for path in sorted((save_dir / "progress").glob("*.gif"))}
+    from ddfm.ccf_record import condition_strips
     try:
         index = write_report(save_dir / "report", results, a_dir, b_dir, fused, (first, second),
                              run_record=_read_json(save_dir / "run.json"), gifs=gifs,
-                             title=f"Fusion run: {save_dir}")
+                             title=f"Fusion run: {save_dir}",
+                             conditions=condition_strips(save_dir / "progress"))
     except (OSError, EvaluationError) as err:
         log(f"report skipped: {str(err).splitlines()[0]}")
         return None

@@ -59,16 +59,22 @@ class Recorder:
     def __init__(self, save_dir, stems):
         self.dirs = [Path(save_dir) / "progress" / stem for stem in stems]
         self.frames = [[] for _ in stems]
+        self.details = [[] for _ in stems]  # CCF: each step's conditions and weights per image
 
-    def __call__(self, i, frames):
+    def __call__(self, i, frames, details=None):
         for k, frame in enumerate(frames):
             io.write_image_atomic(self.dirs[k] / f"x_{i:04d}.png", frame)
             self.frames[k].append(frame)
+            if details is not None:
+                self.details[k].append(details[k])
 
     def finish(self):
-        for folder, frames in zip(self.dirs, self.frames):
+        for folder, frames, details in zip(self.dirs, self.frames, self.details):
             if frames:
                 io.write_gif(folder.with_suffix(".gif"), frames)
+            if details:
+                from ddfm.ccf_record import write_step_record
+                write_step_record(folder.with_suffix(".json"), folder.name, details)
 
 
 def versions():
@@ -93,6 +99,11 @@ def build_fuser(config, log):
     diffusion = build_diffusion(config.diffusion)
     info = {"prior": "adm", "model_path": str(config.model.get("model_path")), "reason": reason,
             "device": str(device), "dtype": fusion["dtype"], "steps": int(diffusion.num_timesteps)}
+    if fusion["method"] == "ccf":
+        from ddfm.ccf_fusion import CCFFuser, settings_from_fusion
+        info["method"] = "ccf"
+        return CCFFuser(fusion, settings_from_fusion(fusion), seed=seed, model=model,
+                        diffusion=diffusion, device=device), info
     return Fuser(fusion, seed=seed, model=model, diffusion=diffusion, device=device), info
 
 
@@ -162,7 +173,11 @@ def output_fingerprint(config, prior_kind):
     fusion = config.fusion
     fingerprint = {"prior": prior_kind, "modalities": fusion["modalities"], "color": fusion["color"]}
     if prior_kind == "adm":
-        fingerprint.update({key: fusion[key] for key in ("variant", "lamb", "rho", "size", "normalize", "dtype")})
+        if fusion["method"] == "ccf":  # method, ccf_ keys, size/normalize/dtype; no DDFM-only key
+            from ddfm.ccf_fusion import ccf_fingerprint
+            fingerprint.update(ccf_fingerprint(fusion))
+        else:
+            fingerprint.update({key: fusion[key] for key in ("variant", "lamb", "rho", "size", "normalize", "dtype")})
         fingerprint["model"] = dict(config.model)
         fingerprint["diffusion"] = dict(config.diffusion)
     return fingerprint
