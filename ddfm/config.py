@@ -203,6 +203,9 @@ def validate_method(fusion):
             if fusion[key] in values:
                 raise ConfigError(f"fusion config: {key}={fusion[key]} is CCF's (needs method: ccf)")
         return fusion
+    if fusion["compile"] in ("step", "graph"):
+        raise ConfigError(f"fusion config: compile={fusion['compile']} compiles DDFM's step; "
+                          f"method: ccf compiles the UNet only (compile: unet)")
     from ddfm.ccf_fusion import settings_from_fusion
     try:
         settings_from_fusion(fusion)
