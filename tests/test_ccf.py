@@ -253,3 +253,24 @@ def test_conditions_of_x_equal_to_both_sources():
     assert torch.all(losses[:, 1:5].abs() < 1e-10)  # MSE, edge, low and high bands vanish
     expected_sd = -x.flatten(2).std(dim=2).mean(dim=1)
     assert torch.allclose(losses[:, 7], expected_sd)
+
+
+def test_a_reduced_precision_prior_runs_with_float32_conditions(trace):
+    from ddfm.prior import wrap_unet
+    config = yaml.safe_load(TINY_MODEL_CONFIG.read_text())
+    config["model_path"] = str(TINY_WEIGHTS)
+    model = wrap_unet(guided_diffusion.create_model(**config), torch.device("cpu"), dtype="bf16")
+    seen = []
+    final = ccf_sample(model, ccf_diffusion(2), trace["I_ir"], trace["V_vi"],
+                       callback=lambda info: seen.append(info["losses"].dtype))
+    assert final.dtype == torch.float32 and torch.isfinite(final).all()
+    assert seen == [torch.float32, torch.float32]
+
+
+def test_bench_ccf_runs_at_a_small_size():
+    import subprocess
+    import sys
+    from helpers import ROOT
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ccf.py"), "--size", "64x64",
+                          "--steps", "1", "--threads", "1"], capture_output=True, text=True, check=True)
+    assert "speed-up:" in out.stdout and "| ours (no record) |" in out.stdout
