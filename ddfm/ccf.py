@@ -19,7 +19,7 @@ import torch
 
 from ddfm.conditions import CONDITION_NAMES, MSE_INDEX, ConditionBank
 from ddfm.config import ConfigError
-from ddfm.sampling import StepNoise, needs_noise, per_image_noise, seeded_generators
+from ddfm.sampling import start_loop
 
 # Compile modes ccf_sample supports: the guidance runs autograd, so only the UNet is compiled.
 CCF_COMPILE_MODES = ("none", "unet")
@@ -236,23 +236,19 @@ def ccf_sample(model, diffusion, ir, vis, *, settings=None, seed=3407, generator
     (clipped, before guidance), guided (x0'), losses (N, 8), topk (N, k), w_before, w_after,
     G, w_grad, total. step: callable(x, t, noise, guidance) -> the sampler's dict (a CCFStep).
     """
-    n, _, h, w = ir.shape
+    n = ir.shape[0]
     device = ir.device
-    if generators is None:
-        generators = seeded_generators(seed, n)
-    x = per_image_noise(generators, (3, h, w), device) if x_T is None else x_T.to(device).float()
+    x, indices, noises = start_loop(diffusion, ir.shape, device, seed=seed, generators=generators,
+                                    x_T=x_T, progress=progress)
+    x = x.float()
     guidance = CCFGuidance(ir, vis, settings, valid_hw)
     step = CCFStep(model, diffusion) if step is None else step
-    diffusion.tables_to(device)
-    indices = list(range(diffusion.num_timesteps))[::-1]
-    noises = StepNoise(generators, (3, h, w), device, len(indices)) if needs_noise(diffusion) else None
-    if progress:
-        from tqdm.auto import tqdm
-        indices = tqdm(indices, desc="steps", leave=False)
     unused = torch.zeros_like(x)  # DDIM with eta 0 multiplies its noise by zero
     for i in indices:
         t = torch.full((n,), i, dtype=torch.long, device=device)
         out = step(x, t, unused if noises is None else noises.take(), guidance)
+        if noises is not None:
+            noises.prefetch()
         x = out["sample"]
         if callback is not None:
             last = guidance.last
