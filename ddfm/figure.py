@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ddfm import zoom
-from ddfm.evaluation import EvaluationError, _decode, list_images
+from ddfm.evaluation import EvaluationError, list_images, read_pixels
 from ddfm.files import write_atomic
 from ddfm.metrics_io import luma_from_rgb8
 
@@ -41,7 +41,7 @@ class Row:
 def read_rgb(path):
     """An image file -> (H, W, 3) uint8 for display (grey repeated on the three channels)."""
     try:
-        data = _decode(path)  # evaluate.py's read: the same pixels and the same one-line error
+        data = read_pixels(path)  # evaluate.py's read: the same pixels and the same one-line error
     except EvaluationError as err:
         raise FigureError(str(err)) from None
     return np.repeat(data[..., None], 3, axis=2) if data.ndim == 2 else data
