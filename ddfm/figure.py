@@ -273,8 +273,12 @@ def make_figure(a_dir, b_dir, fused_dirs, stems, out, zooms=(), placement="auto"
     """Read, compose and render a comparison figure; returns (rows, boxes per row, Rendered)."""
     rows = load_rows(a_dir, b_dir, fused_dirs, stems, source_names, allow_missing)
     boxes = [row_boxes(row, zoom.boxes_for(zooms, row.stem), auto_size) for row in rows]
-    # Composition keeps the source widths, so the scale is known before the panels are made.
-    layout = build_layout(rows, [row.images for row in rows], transpose)
+    # Composition draws every panel in a cell of its source size (a smaller panel, e.g. the
+    # official /32 crop, top-left in it) and insets only add height, so the cells' widths give the
+    # scale before the panels are made.
+    cells = [[None if image is None else align_top_left(image, row.shape) for image in row.images]
+             for row in rows]
+    layout = build_layout(rows, cells, transpose)
     scale = scale or fit_scale(layout.sizes()[1], layout.gap, layout.row_titles, dpi, width_in)
     # Outlines about 1.5 output pixels wide whatever the panel-to-figure scale.
     thickness = max(1, math.ceil(1.5 / scale))
