@@ -39,7 +39,7 @@ class CCFFuser(Fuser):
         self.model, self.settings, self.step = model, settings, None
 
     def _portrait_quirk(self):
-        return bool(self.fusion.get("ccf_portrait_resize", True))
+        return self.fusion["ccf_portrait_resize"]
 
     def fused_shape(self, src):
         h, w = src.luma.shape
@@ -105,3 +105,26 @@ class CCFFuser(Fuser):
                                 progress=progress, step=self.step)
         sample = sample.detach().float().cpu().numpy().transpose(0, 2, 3, 1)
         return [self._image(sample[k, :h, :w], a, b) for k, ((a, b), (h, w)) in enumerate(zip(pairs, valid))]
+
+
+# ccf_ keys that ddfm.ccf_io uses rather than the sampler's settings.
+IO_KEYS = ("ccf_portrait_resize",)
+
+
+def settings_from_fusion(fusion):
+    """ddfm.ccf.CCFSettings from the fusion section's ccf_ keys (validated by the core: one
+    ConfigError line naming the setting)."""
+    from ddfm.config import CCF_DEFAULTS
+    if not isinstance(fusion.get("ccf_portrait_resize"), bool):
+        from ddfm.config import ConfigError
+        raise ConfigError(f"ccf_portrait_resize must be true or false, got {fusion.get('ccf_portrait_resize')!r}")
+    return ccf.CCFSettings.from_mapping({key[len("ccf_"):]: fusion[key] for key in CCF_DEFAULTS
+                                         if key not in IO_KEYS})
+
+
+def ccf_fingerprint(fusion):
+    """The settings that decide a CCF image's pixels: method, size, colour rules, precision and
+    every ccf_ key; none of DDFM's own (variant, lamb, rho)."""
+    from ddfm.config import CCF_DEFAULTS
+    keys = ("method", "size", "normalize", "dtype") + tuple(CCF_DEFAULTS)
+    return {key: fusion[key] for key in keys}

@@ -47,6 +47,19 @@ FUSION_DEFAULTS = {
 }
 # CCF's own keys (method: ccf), as released; ddfm.ccf's settings validate them (validate_ccf).
 CCF_DEFAULTS = {
+    "ccf_lr": 0.03,                 # Adam's step on x0 per diffusion step
+    "ccf_topk": 3,                  # conditions selected per step (largest GradNorm weights)
+    "ccf_alpha": 1.5,               # GradNorm's restoring force
+    "ccf_conditions": ["ssim", "mse", "edge", "low_freq", "high_freq", "sf", "ei", "sd"],
+    # One switch per released quirk (true = as released; see README "DDFM and CCF").
+    "ccf_edge_visible_twice": True,
+    "ccf_ei_kernel_typo": True,
+    "ccf_ei_detached": True,
+    "ccf_mse_per_slot": True,
+    "ccf_eps_from_unguided": True,
+    "ccf_clamp_guided": False,
+    "ccf_adam_across_steps": True,
+    "ccf_portrait_resize": True,    # size: official, portrait images: height from w/h as released
 }
 FUSION_DEFAULTS.update(CCF_DEFAULTS)
 FUSION_CHOICES = {
@@ -63,8 +76,7 @@ FUSION_CHOICES = {
 }
 CCF_ONLY_CHOICES = {"size": ("official",), "color": ("rgb", "visible")}
 BOOL_KEYS = ("record", "evaluate", "report", "channels_last")
-DIFFUSION_CCF_ONLY_CHOICES = {"size": ("official",), "color": ("rgb", "visible")}
-BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
+DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
 # The seed when a diffusion config names none (the official code's).
 DEFAULT_SEED = 3407
@@ -210,6 +222,9 @@ def validate_method(fusion):
     if fusion["compile"] in ("step", "graph"):
         raise ConfigError(f"fusion config: compile={fusion['compile']} compiles DDFM's step; "
                           f"method: ccf compiles the UNet only (compile: unet)")
+    for key, default in CCF_DEFAULTS.items():
+        if isinstance(default, bool) and not isinstance(fusion[key], bool):
+            raise ConfigError(f"fusion config: {key} must be true or false, got {fusion[key]!r}")
     from ddfm.ccf_fusion import settings_from_fusion
     try:
         settings_from_fusion(fusion)

@@ -47,7 +47,7 @@ def test_preset_command_reproduces_the_released_recon_color(golden_pair, tmp_pat
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     ours = read_png(out / "recon" / "01.png")
-    released = read_png(CCF_GOLDEN / "official_output" / "recon_color" / "01.png")
+    released = read_png(CCF_GOLDEN / "official_recon_color_01.png")
     assert share_within_one_level(ours, released) >= 0.999
     assert json.loads((out / "run.json").read_text())["fingerprint"]["method"] == "ccf"
 
@@ -57,7 +57,7 @@ def test_color_rgb_reproduces_the_released_recon(golden_pair):
                             model_path=str(TINY_WEIGHTS), prior="adm", timestep_respacing=10,
                             device="cpu", color="rgb", log=lambda m: None)
     ours = fuser.fuse(read_png(golden_pair / "ir" / "01.png"), read_png(golden_pair / "vi" / "01.png"))
-    released = read_png(CCF_GOLDEN / "official_output" / "recon" / "01.png")
+    released = read_png(CCF_GOLDEN / "official_recon_01.png")
     assert share_within_one_level(ours, released) >= 0.999
 
 
