@@ -34,7 +34,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import guided_diffusion
-from benchmarks import gpu_setup
+from benchmarks import gpu_ccf, gpu_setup
 from benchmarks.gpu_fit import run_fit
 from benchmarks.gpu_runtime import error_note, free_memory, sync, warm_up
 from benchmarks.gpu_table import COLUMNS, format_row, header_lines, write_outputs
@@ -77,6 +77,7 @@ PLAN = ("fp32_exact@480x640", "fp32_tf32@480x640", "fp16_autocast@480x640", "bf1
         "bf16_step@480x640", "bf16_graph@480x640", "bf16_graph@256b8")
 # Rows run by other modules: name -> run(bench, size_key) -> row dict (added to PLAN by the same module).
 EXTRA_ROWS = {}
+PLAN = gpu_ccf.register(MODES, Mode, EXTRA_ROWS, PLAN)  # CCF's rows (benchmarks/gpu_ccf.py)
 
 
 class RowTimeout(Exception):

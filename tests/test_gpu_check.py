@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import gpu_check, gpu_fit, gpu_setup
+from benchmarks import gpu_ccf, gpu_check, gpu_fit, gpu_setup
 from helpers import MODEL_CONFIG, ROOT, TINY_MODEL_CONFIG
 
 
@@ -224,3 +224,15 @@ def test_error_reason_is_the_type_and_first_line_without_the_row_prefix():
     assert error_reason(err, limit=12) == "RuntimeError: cuDNN error:"
     assert error_note(err) == "error: RuntimeError: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"
     assert error_note(torch.OutOfMemoryError("CUDA out of memory. Tried")) == "error: out of memory"
+
+
+def test_ccf_rows_are_timed_and_compared_with_the_exact_ccf_row(dry_run):
+    _, record, _ = dry_run
+    at = {(r["row"], r["size"]): r for r in record["rows"]}
+    exact, fast = at[("ccf_fp32_exact", "32x64")], at[("ccf_bf16_cl", "32x64")]
+    for row in (exact, fast):
+        assert row["unet_ms"] > 0 and row["ms_per_step"] > 0 and row["tflops"] > 0, row
+        assert "float32" in row["note"]
+    assert "psnr_db" not in exact or exact.get("psnr_db") in (None, "")
+    assert 15 < fast["psnr_db"] < 200 and 0 < fast["max_abs_diff"] <= 255, fast
+    assert [e for e in gpu_check.PLAN if e.startswith("ccf_")] == list(gpu_ccf.CCF_PLAN)
