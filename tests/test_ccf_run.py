@@ -146,3 +146,17 @@ def test_record_writes_frames_and_the_per_step_conditions(tmp_path):
     html = (out / "report" / "index.html").read_text()
     assert 'table class="strip" data-stem="r0"' in html
     assert html.count('class="on"') == sum(row["count"] for row in strip["rows"]) == 9
+
+
+def test_ccf_keys_are_the_core_settings_with_the_released_defaults():
+    from dataclasses import fields
+    from ddfm.ccf import CCFSettings
+    from ddfm.ccf_fusion import IO_KEYS, settings_from_fusion
+    from ddfm.config import CCF_DEFAULTS, FUSION_DEFAULTS, read_yaml
+    defaults = {f.name: f.default for f in fields(CCFSettings)}
+    for key, value in CCF_DEFAULTS.items():
+        if key not in IO_KEYS:
+            assert defaults[key[len("ccf_"):]] == (tuple(value) if isinstance(value, list) else value), key
+    assert settings_from_fusion(FUSION_DEFAULTS) == CCFSettings()
+    yaml_values = read_yaml(ROOT / "configs" / "fusion_config.yaml")
+    assert {k: yaml_values[k] for k in CCF_DEFAULTS} == CCF_DEFAULTS
