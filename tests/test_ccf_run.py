@@ -160,3 +160,14 @@ def test_ccf_keys_are_the_core_settings_with_the_released_defaults():
     assert settings_from_fusion(FUSION_DEFAULTS) == CCFSettings()
     yaml_values = read_yaml(ROOT / "configs" / "fusion_config.yaml")
     assert {k: yaml_values[k] for k in CCF_DEFAULTS} == CCF_DEFAULTS
+
+
+def test_ccf_without_checkpoint_has_the_same_guard_as_ddfm(tmp_path, capsys):
+    inputs = make_dataset(tmp_path / "in", {"g0": random_pair(9, 32, 32)})
+    missing = [a if not a.startswith("model_path=") else f"model_path={tmp_path / 'none.pt'}" for a in TINY_CCF]
+    code = sample.main(["--input_dir", str(inputs), "--save_dir", str(tmp_path / "out"), *missing])
+    lines = error_lines(capsys.readouterr().err)
+    assert code == 2 and len(lines) == 1 and "none.pt" in lines[0]
+    auto = [a for a in missing if a != "prior=adm"] + ["prior=auto"]
+    assert sample.main(["--input_dir", str(inputs), "--save_dir", str(tmp_path / "out2"), *auto]) == 0
+    assert "PRIOR-FREE" in capsys.readouterr().err
