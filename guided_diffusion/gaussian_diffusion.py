@@ -315,20 +315,26 @@ class GaussianDiffusion:
         sample = mean + _nonzero_mask(t, x_t) * torch.exp(0.5 * log_variance) * noise
         return dict(sample=sample, mean=mean)
 
-    def ddim_step(self, x_t, t, pred_xstart, eta=0.0, noise=None):
+    def ddim_step(self, x_t, t, pred_xstart, eta=0.0, noise=None, eps_xstart=None, fused=True):
         """DDIM step (Song et al. eq. 12): x0 sqrt(abar') + sqrt(1 - abar' - s^2) eps' + [t != 0] s noise.
 
-        eps' is re-derived from pred_xstart; s = eta sqrt((1-abar')/(1-abar)) sqrt(1 - abar/abar').
-        noise may be None only when eta == 0. Returns dict(sample, eps).
+        eps' is re-derived from pred_xstart, or from eps_xstart when given (a rectified step that
+        keeps the noise direction of the unrectified x0); s = eta sqrt((1-abar')/(1-abar))
+        sqrt(1 - abar/abar'). noise may be None only when eta == 0. fused=False sums the two
+        products separately like the original code (bit-exact to it; the fused addcmul can differ
+        from it by an ulp). Returns dict(sample, eps).
         """
-        eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
+        eps = self.predict_eps_from_xstart(x_t, t, pred_xstart if eps_xstart is None else eps_xstart)
         # Unlike the other coefficients, abar and abar' are cast to float32 before the square roots.
         alpha_bar = self.coef("alphas_cumprod", t, x_t.shape)
         alpha_bar_prev = self.coef("alphas_cumprod_prev", t, x_t.shape)
         sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
                  * torch.sqrt(1 - alpha_bar / alpha_bar_prev))
-        sample = torch.addcmul(torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps,
-                               pred_xstart, torch.sqrt(alpha_bar_prev))
+        eps_coef = torch.sqrt(1 - alpha_bar_prev - sigma ** 2)
+        if fused:
+            sample = torch.addcmul(eps_coef * eps, pred_xstart, torch.sqrt(alpha_bar_prev))
+        else:
+            sample = torch.sqrt(alpha_bar_prev) * pred_xstart + eps_coef * eps
         if eta != 0.0:
             if noise is None:
                 raise ValueError("ddim_step with eta != 0 needs noise")
@@ -356,9 +362,12 @@ class GaussianDiffusion:
         return dict(out, sample=step["sample"], mean=step["mean"], rectified_xstart=rectified)
 
     def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, rectify_fn=None,
-                    eta=0.0, noise=None, generator=None, model_kwargs=None):
+                    eta=0.0, noise=None, generator=None, model_kwargs=None, eps_from_rectified=True,
+                    fused=True):
         """One DDIM step x_t -> x_{t-1}; rectify_fn(pred_xstart, t) may replace x0 before the update.
 
+        eps_from_rectified=False re-derives eps' from the (clipped) pred_xstart before
+        rectification instead of from the rectified x0; fused as ddim_step.
         Draws exactly one normal sample (after rectify_fn), even when eta == 0 or t == 0.
         Returns dict(sample, pred_xstart, rectified_xstart, rectified_eps, model_output, eps, ...).
         """
@@ -367,7 +376,8 @@ class GaussianDiffusion:
                                       with_posterior=False)
         rectified = out["pred_xstart"] if rectify_fn is None else rectify_fn(out["pred_xstart"], t)
         noise = draw_noise(x, noise, generator)
-        step = self.ddim_step(x, t, rectified, eta, noise)
+        step = self.ddim_step(x, t, rectified, eta, noise,
+                              eps_xstart=None if eps_from_rectified else out["pred_xstart"], fused=fused)
         return dict(out, sample=step["sample"], rectified_xstart=rectified, rectified_eps=step["eps"])
 
     def ddim_reverse_sample(self, model, x, t, clip_denoised=True, denoised_fn=None,
