@@ -243,3 +243,16 @@ def test_a_subset_of_conditions_is_never_selected_outside_it(trace, tiny_model, 
         assert set(s["topk"][0].tolist()) <= {0, 1, 3}
         assert s["w_after"][0, [2, 4, 5, 6, 7]].abs().max() == 0
         assert s["w_after"][0].sum().item() == pytest.approx(3.0, abs=1e-5)
+
+
+def test_a_bf16_prior_model_runs_with_float32_guidance(trace, tiny_model, one_thread):
+    import copy
+
+    from ddfm.prior import wrap_unet
+    model = wrap_unet(copy.deepcopy(tiny_model), torch.device("cpu"), dtype="bf16")
+    diffusion = guided_diffusion.create_sampler(timestep_respacing=2)
+    steps = []
+    out = ccf.ccf_sample(model, diffusion, trace["I_ir"], trace["V_vi"], callback=recording(steps))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert steps[-1]["losses"].dtype == torch.float32
+    assert steps[0]["topk"][0].tolist() == [6, 5, 4]
