@@ -9,8 +9,17 @@ checkpoint when model_path exists, said so in the header). Each row: a fresh cop
 a short warm-up, then one timed DDFM run between torch.cuda.synchronize() calls. The table goes to
 stdout and to <out>/gpu_check.csv and .json (gpu_check_dry.* for a dry run). See benchmarks/README.md.
 """
+if __name__ == "__main__" and not __package__:
+    # Started as `python benchmarks/gpu_check.py`: run it as the module benchmarks.gpu_check, so
+    # that every import below is a plain one from the project folder.
+    import runpy
+    import sys
+    from pathlib import Path
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+    runpy.run_module("benchmarks.gpu_check", run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
+
 import argparse
-import gc
 import math
 import signal
 import sys
@@ -18,36 +27,44 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch._dynamo.utils import counters
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import guided_diffusion
+from benchmarks import gpu_setup
+from benchmarks.gpu_fit import run_fit
+from benchmarks.gpu_runtime import error_note, free_memory, sync, warm_up
+from benchmarks.gpu_table import COLUMNS, format_row, header_lines, write_outputs
+from benchmarks.official_like import official_like_sample, original_attention
+from benchmarks.profile_step import profile_steps
+from ddfm import io
+from ddfm.config import DEFAULT_SEED
+from ddfm.prior import set_tf32, wrap_unet
+from ddfm.sampling import StepFunction, ddfm_sample, per_image_noise, seeded_generators
 
-import guided_diffusion  # noqa: E402
-import gpu_setup  # noqa: E402
-from ddfm import io  # noqa: E402
-from ddfm.prior import set_tf32, wrap_unet  # noqa: E402
-from ddfm.sampling import (Rectifier, StepFunction, ddfm_sample, per_image_noise,  # noqa: E402
-                           seeded_generators)
-from gpu_table import COLUMNS, format_row, header_lines, write_outputs  # noqa: E402
-from official_like import official_like_sample, original_attention  # noqa: E402
-from profile_step import profile_steps  # noqa: E402
 
-# row name -> (dtype key, channels_last, compile mode); "official_like" is the official loop.
+class Mode(NamedTuple):
+    """How one row runs the UNet: the `dtype` key, channels-last, the `compile` key."""
+    dtype: str
+    channels_last: bool
+    compile: str
+
+
+# row name -> Mode; "official_like" is the official loop.
 MODES = {
-    "fp32_exact": ("fp32", False, "none"),
-    "fp32_tf32": ("tf32", False, "none"),
-    "fp16_autocast": ("fp16-autocast", False, "none"),
-    "bf16_autocast": ("bf16-autocast", False, "none"),
-    "bf16": ("bf16", False, "none"),
-    "bf16_cl": ("bf16", True, "none"),
-    "bf16_compile": ("bf16", True, "unet"),
-    "bf16_step": ("bf16", True, "step"),
-    "bf16_graph": ("bf16", True, "graph"),
-    "official_like": ("tf32", False, "none"),
+    "fp32_exact": Mode("fp32", False, "none"),
+    "fp32_tf32": Mode("tf32", False, "none"),
+    "fp16_autocast": Mode("fp16-autocast", False, "none"),
+    "bf16_autocast": Mode("bf16-autocast", False, "none"),
+    "bf16": Mode("bf16", False, "none"),
+    "bf16_cl": Mode("bf16", True, "none"),
+    "bf16_compile": Mode("bf16", True, "unet"),
+    "bf16_step": Mode("bf16", True, "step"),
+    "bf16_graph": Mode("bf16", True, "graph"),
+    "official_like": Mode("tf32", False, "none"),
 }
 # size key -> (H, W, batch): on a GPU, and the tiny stand-ins of a dry run.
 SIZES = {"256": (256, 256, 1), "256b8": (256, 256, 8), "480x640": (480, 640, 1),
@@ -58,7 +75,8 @@ PLAN = ("fp32_exact@480x640", "fp32_tf32@480x640", "fp16_autocast@480x640", "bf1
         "bf16@480x640", "bf16_cl@480x640", "official_like@480x640", "fp32_exact@256", "bf16_cl@256",
         "bf16_cl@256b8", "bf16@768x1024", "bf16_cl@768x1024", "fit", "bf16_compile@480x640",
         "bf16_step@480x640", "bf16_graph@480x640", "bf16_graph@256b8")
-FIT_LIMITS_GB = (12, 24)
+# Rows run by other modules: name -> run(bench, size_key) -> row dict (added to PLAN by the same module).
+EXTRA_ROWS = {}
 
 
 class RowTimeout(Exception):
@@ -67,17 +85,6 @@ class RowTimeout(Exception):
 
 class Terminated(BaseException):
     """SIGTERM (an outer `timeout`) or Ctrl-C: stop, keep and write what was measured."""
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def free_memory(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 class Bench:
@@ -107,22 +114,13 @@ class Bench:
         return self.flops[(h, w)]
 
     def model(self, mode):
-        dtype, channels_last, compile_mode = MODES[mode]
+        mode_of = MODES[mode]
+        dtype, channels_last, compile_mode = mode_of.dtype, mode_of.channels_last, mode_of.compile
         unet = gpu_setup.fresh_unet(self.config, self.weights, self.device)
         model = wrap_unet(unet, self.device, dtype, channels_last, compile_mode, self.backend)
         if mode == "official_like" and self.device.type == "cuda":
             set_tf32(True, matmul=False)  # PyTorch's defaults, as the official code runs today
         return model, StepFunction(model, self.diffusion, compile_mode, backend=self.backend)
-
-
-@torch.no_grad()
-def warm_up(step, diffusion, a, b, x, count):
-    """The first `count` steps of the loop through `step` (compiles a compiled step)."""
-    rectify = Rectifier("official", a, b)
-    for i in list(range(diffusion.num_timesteps))[::-1][:count]:
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        x = step(x, t, torch.zeros_like(x), rectify)["sample"]
-    return x
 
 
 @torch.no_grad()
@@ -157,7 +155,7 @@ def run_row(bench, mode, size_key):
     free_memory(device)
     model, step = bench.model(mode)
     a, b = gpu_setup.demo_sources(h, w, batch, device)
-    x_T = per_image_noise(seeded_generators(3407, batch), (3, h, w), device)
+    x_T = per_image_noise(seeded_generators(DEFAULT_SEED, batch), (3, h, w), device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with (original_attention() if official else nullcontext()), tempfile.TemporaryDirectory() as png_dir:
@@ -168,7 +166,7 @@ def run_row(bench, mode, size_key):
             warm_up(step, bench.diffusion, a, b, x_T, args.warmup_steps)
         sync(device)
         warm_s = time.perf_counter() - start
-        if MODES[mode][2] in ("none", "unet"):
+        if MODES[mode].compile in ("none", "unet"):
             row["unet_ms"] = time_unet(model, x_T, device, args.unet_repeats)
         free_memory(device)
         if device.type == "cuda":
@@ -178,13 +176,13 @@ def run_row(bench, mode, size_key):
         if official:
             fused = official_like_sample(model, bench.diffusion, a, b, x_T, png_dir)
         else:
-            fused = ddfm_sample(model, bench.diffusion, a, b, seed=3407, step=step)
+            fused = ddfm_sample(model, bench.diffusion, a, b, seed=DEFAULT_SEED, step=step)
         sync(device)
         seconds = time.perf_counter() - start
     fill_timing(bench, row, seconds, warm_s, h, w, batch)
-    if MODES[mode][2] != "none":
+    if MODES[mode].compile != "none":
         row["graphs"], row["graph_breaks"] = dynamo_counts()
-    if MODES[mode][2] == "graph" and device.type == "cuda" and cudagraph_skips():
+    if MODES[mode].compile == "graph" and device.type == "cuda" and cudagraph_skips():
         row["note"] = "CUDA graphs skipped by inductor (its log says why): timed as a compiled step"
     if not torch.isfinite(fused).all():
         row["note"] = "non-finite values in the fused output"
@@ -203,7 +201,7 @@ def fill_timing(bench, row, seconds, warm_s, h, w, batch):
     row["ms_per_step"] = seconds / steps * 1e3
     if row.get("unet_ms") is not None:
         row["outside_ms"] = row["ms_per_step"] - row["unet_ms"]
-    if MODES[row["row"]][2] != "none":
+    if MODES[row["row"]].compile != "none":
         row["compile_s"] = max(0.0, warm_s - bench.args.warmup_steps * seconds / steps)
     if device.type == "cuda":
         row["peak_alloc_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -239,81 +237,10 @@ def borrow_compiled_unet_time(rows):
                 if r["row"] == "bf16_compile" and r.get("unet_ms") is not None}
     for row in rows:
         unet_ms = compiled.get((row["size"], row.get("batch")))
-        if MODES.get(row["row"], ("", False, ""))[2] in ("step", "graph") and unet_ms is not None \
+        if getattr(MODES.get(row["row"]), "compile", "") in ("step", "graph") and unet_ms is not None \
                 and row.get("ms_per_step") is not None:
             row["unet_ms"], row["outside_ms"] = unet_ms, row["ms_per_step"] - unet_ms
             row["note"] = (row["note"] + "; " if row["note"] else "") + "unet_ms of bf16_compile"
-
-
-def is_out_of_memory(err):
-    text = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
-
-
-def fit_trial(bench, model, step, side, limit_gb):
-    """One DDFM step at side x side under the allocator cap; True when it fits."""
-    if bench.device.type != "cuda":
-        # Dry run: no allocator to cap on a CPU; an out-of-memory is simulated past a size that
-        # grows with the limit, so the search, catch and clean-up paths still run.
-        if side > 4 * limit_gb:
-            raise torch.OutOfMemoryError(f"simulated: {side}x{side} over {limit_gb} GB (dry run)")
-    a, b = gpu_setup.demo_sources(side, side, 1, bench.device)
-    x = per_image_noise(seeded_generators(0, 1), (3, side, side), bench.device)
-    warm_up(step, bench.diffusion, a, b, x, 1)
-    sync(bench.device)
-    return True
-
-
-def largest_square(bench, limit_gb):
-    """The largest square side (multiple of 32) whose bf16 fast-path step fits in limit_gb, its
-    peak and the sizes that failed otherwise. A kernel may refuse a size before memory runs out
-    (cuDNN/GroupNorm with over 2**31 elements, e.g. 256 channels at 4096 px): that size counts as
-    not fitting and is named in the note instead of losing the search."""
-    device = bench.device
-    model, step = bench.model("bf16_cl")
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * 2**30 / total), device)
-    best, peak, low, high, refused = 0, None, 32 if bench.args.dry_run else 256, None, []
-    side = low
-    try:
-        while high is None or high - low > 32:
-            try:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                fit_trial(bench, model, step, side, limit_gb)
-                best, low = side, side
-                if device.type == "cuda":
-                    peak = torch.cuda.max_memory_allocated(device) / 2**30
-            except RuntimeError as err:  # cuDNN/cuBLAS report a failed workspace their own way
-                if not is_out_of_memory(err):
-                    refused.append(f"{side}px {error_note(err)[7:80]}")
-                high = side
-            free_memory(device)
-            side = low * 2 if high is None else (low + high) // 64 * 32
-            if high is None and side > (256 if bench.args.dry_run else 8192):
-                break
-    finally:
-        if device.type == "cuda":
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
-    return best, peak, refused
-
-
-def run_fit(bench):
-    rows = []
-    for limit in FIT_LIMITS_GB:
-        try:  # each cap on its own: a failed 24 GB search keeps the 12 GB row
-            side, peak, refused = largest_square(bench, limit)
-        except Exception as err:  # noqa: BLE001
-            rows.append({"row": f"fit_{limit}gb", "note": error_note(err)})
-            free_memory(bench.device)
-            continue
-        rows.append({"row": f"fit_{limit}gb", "size": f"{side}x{side}", "batch": 1, "steps": 1,
-                     "peak_alloc_gb": peak,
-                     "note": f"largest square (/32) whose bf16 channels-last DDFM step fits {limit} GB "
-                             f"(allocator cap; CUDA context not counted)"
-                             + (f"; refused (not out of memory): {', '.join(refused)}" if refused else "")})
-    return rows
 
 
 # --------------------------------------------------------------------------- plan, budget, output
@@ -322,7 +249,7 @@ def entry_cost_s(entry, dry_run):
     if dry_run:
         return 0
     mode = entry.split("@")[0]
-    return 150 if MODES.get(mode, ("", False, "none"))[2] != "none" else 40 if entry == "fit" else 25
+    return 150 if getattr(MODES.get(mode), "compile", "none") != "none" else 40 if entry == "fit" else 25
 
 
 def on_alarm(signum, frame):
@@ -342,13 +269,6 @@ def stopped_by_alarm(err, deadline):
     return time.monotonic() >= deadline
 
 
-def error_note(err):
-    if is_out_of_memory(err):
-        return "error: out of memory"
-    first_line = (str(err).splitlines() or [""])[0]
-    return f"error: {type(err).__name__}: {first_line[:200]}"
-
-
 def clean_up(bench):
     """Between rows. After an interrupted row (e.g. inside a CUDA-graph capture) this may fail;
     that must not lose the table."""
@@ -363,7 +283,8 @@ def run_entry(bench, entry):
     if entry == "fit":
         return run_fit(bench)
     mode, size_key = entry.split("@")
-    return [run_row(bench, mode, size_key)]
+    run = EXTRA_ROWS.get(mode, lambda bench, size_key: run_row(bench, mode, size_key))
+    return [run(bench, size_key)]
 
 
 def run_plan(bench, plan, deadline):
@@ -422,7 +343,7 @@ def parse_args(argv):
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny UNet, tiny sizes, 2 steps")
     parser.add_argument("--rows", default=",".join(PLAN),
                         help="comma list of MODE@SIZE and 'fit' (default: the whole plan); "
-                             f"modes: {', '.join(MODES)}; sizes: {', '.join(SIZES)}")
+                             f"modes: {', '.join([*MODES, *EXTRA_ROWS])}; sizes: {', '.join(SIZES)}")
     parser.add_argument("--sizes", default=None, help="keep only entries at these size keys")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (100; dry run 2)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="per row (3; dry run 1)")
@@ -449,9 +370,9 @@ def select_plan(args):
     plan = [e.strip() for e in args.rows.split(",") if e.strip()]
     for entry in plan:
         mode, _, size = entry.partition("@")
-        if entry != "fit" and (mode not in MODES or size not in SIZES):
+        if entry != "fit" and (mode not in MODES and mode not in EXTRA_ROWS or size not in SIZES):
             raise ValueError(f"--rows: unknown entry {entry!r} (MODE@SIZE with MODE in "
-                             f"{', '.join(MODES)}, SIZE in {', '.join(SIZES)}, or 'fit')")
+                             f"{', '.join([*MODES, *EXTRA_ROWS])}, SIZE in {', '.join(SIZES)}, or 'fit')")
     if args.sizes:
         keep = set(args.sizes.split(","))
         plan = [e for e in plan if e == "fit" or e.partition("@")[2] in keep]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from ddfm.messages import one_line
+
 MODEL_KEYS = (
     "image_size", "num_channels", "num_res_blocks", "channel_mult", "learn_sigma", "class_cond",
     "use_checkpoint", "attention_resolutions", "num_heads", "num_head_channels",
@@ -56,6 +58,8 @@ FUSION_CHOICES = {
 BOOL_KEYS = ("record", "evaluate", "report", "channels_last")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
+# The seed when a diffusion config names none (the official code's).
+DEFAULT_SEED = 3407
 # What torch.Generator.manual_seed accepts (a signed or unsigned 64-bit integer).
 SEED_RANGE = (-2**63, 2**64 - 1)
 # Where the project lives: configs and a relative model_path are found from here as well.
@@ -93,7 +97,7 @@ def read_yaml(path):
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({one_line(err)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -191,7 +195,7 @@ def validate_diffusion(diffusion):
     import guided_diffusion
     from guided_diffusion.respace import space_timesteps
 
-    seed = diffusion.get("seed", 0)
+    seed = diffusion.get("seed", DEFAULT_SEED)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"diffusion config: seed must be an integer, got {seed!r}")
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 from scipy import fft
 
+from ddfm.messages import one_line
 from ddfm.metrics import ALL_PROTOCOLS, canonical_protocol, compute_metrics, protocol_metrics
 from ddfm.metrics_io import IMAGE_EXTENSIONS, decode_rgb8, luma_from_rgb8
 from ddfm.metrics_tang import matlab_grey_from_rgb8
@@ -72,14 +73,14 @@ def match_sources(a_dir, b_dir):
     return {stem: (a_files[stem], b_files[stem]) for stem in a_files}
 
 
-def _decode(path):
-    """The file's 8-bit pixels (HxWx3 RGB or HxW grey), decoded once for every protocol."""
+def read_pixels(path):
+    """An image file's 8-bit pixels (HxWx3 RGB or HxW grey, ``decode_rgb8``), read once for every
+    protocol; EvaluationError naming the file when it cannot be read."""
     try:
         with Image.open(Path(path)) as img:
             return decode_rgb8(img)
     except Exception as exc:  # PIL raises several types; the user needs the file name either way
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise EvaluationError(f"cannot read image {path}: {reason}") from None
+        raise EvaluationError(f"cannot read image {path}: {one_line(exc)}") from None
 
 
 def _grey_converter(protocol):
@@ -192,11 +193,11 @@ def evaluate_protocols(a_dir, b_dir, fused_dirs, protocols=("reference",), metri
     cropped = {method: [] for method in fused_dirs}
     with fft.set_workers(-1):  # the FFT filtering in VIF/SSIM may use every core
         for stem, (a_path, b_path) in sources.items():
-            a, b = _decode(a_path), _decode(b_path)  # read once, shared by every method
+            a, b = read_pixels(a_path), read_pixels(b_path)  # read once, shared by every method
             for method, files in fused_files.items():
                 if stem not in files:
                     continue
-                fused = _decode(files[stem])
+                fused = read_pixels(files[stem])
                 fitted = _fit_sources(stem, a, b, fused)
                 if fitted is not None:
                     cropped[method].append(f"{stem} {_shape(a)}->{_shape(fused)}")
@@ -210,7 +211,9 @@ def evaluate_protocols(a_dir, b_dir, fused_dirs, protocols=("reference",), metri
                     try:
                         per_image[p][method][stem] = compute_metrics(*grey, protocol=p, metrics=names[p])
                     except ValueError as exc:  # e.g. an image too small for VIF's 4 scales
-                        raise EvaluationError(f"pair '{stem}' (method '{method}'): {exc}") from None
+                        sizes = (f"fused image {_shape(fused)} is smaller than its sources {_shape(a)}, "
+                                 f"which are cropped to it: " if fitted is not None else "")
+                        raise EvaluationError(f"pair '{stem}' (method '{method}'): {sizes}{exc}") from None
 
     for method, crops in cropped.items():
         if crops:
@@ -232,8 +235,9 @@ def _as_list(results):
     return [results] if isinstance(results, dict) else list(results)
 
 
-def _metric_names(results):
-    """Metric names in order of first appearance over the results' protocols."""
+def _metric_columns(results):
+    """The metric columns of a table or CSV: each protocol's metric names (as its first method's
+    means hold them), in order of first appearance over the results."""
     names = {}
     for result in _as_list(results):
         names.update(dict.fromkeys(next(iter(result["methods"].values()))["mean"]))
@@ -249,7 +253,7 @@ def format_table(result, digits=4):
 
     When a method lacks images (allow_missing), its means are over the pairs it has: column n.
     """
-    names = _metric_names(result)
+    names = _metric_columns(result)
     methods = list(result["methods"])
     counts = [len(result["methods"][m]["per_image"]) for m in methods]
     partial = any(result["methods"][m].get("missing") for m in methods)
@@ -290,7 +294,7 @@ def write_json(results, path):
 def write_csv(results, path):
     """CSV: protocol, method, image, metrics...; one row per (protocol, method, image) and a 'mean'
     row per method. A metric a protocol does not compute is left empty."""
-    names = _metric_names(results)
+    names = _metric_columns(results)
 
     def cells(row):
         return [repr(float(row[n])) if n in row else "" for n in names]

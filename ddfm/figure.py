@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ddfm import zoom
-from ddfm.evaluation import EvaluationError, _decode, list_images
+from ddfm.evaluation import EvaluationError, list_images, read_pixels
 from ddfm.files import write_atomic
 from ddfm.metrics_io import luma_from_rgb8
 
@@ -41,7 +41,7 @@ class Row:
 def read_rgb(path):
     """An image file -> (H, W, 3) uint8 for display (grey repeated on the three channels)."""
     try:
-        data = _decode(path)  # evaluate.py's read: the same pixels and the same one-line error
+        data = read_pixels(path)  # evaluate.py's read: the same pixels and the same one-line error
     except EvaluationError as err:
         raise FigureError(str(err)) from None
     return np.repeat(data[..., None], 3, axis=2) if data.ndim == 2 else data
@@ -273,8 +273,12 @@ def make_figure(a_dir, b_dir, fused_dirs, stems, out, zooms=(), placement="auto"
     """Read, compose and render a comparison figure; returns (rows, boxes per row, Rendered)."""
     rows = load_rows(a_dir, b_dir, fused_dirs, stems, source_names, allow_missing)
     boxes = [row_boxes(row, zoom.boxes_for(zooms, row.stem), auto_size) for row in rows]
-    # Composition keeps the source widths, so the scale is known before the panels are made.
-    layout = build_layout(rows, [row.images for row in rows], transpose)
+    # Composition draws every panel in a cell of its source size (a smaller panel, e.g. the
+    # official /32 crop, top-left in it) and insets only add height, so the cells' widths give the
+    # scale before the panels are made.
+    cells = [[None if image is None else align_top_left(image, row.shape) for image in row.images]
+             for row in rows]
+    layout = build_layout(rows, cells, transpose)
     scale = scale or fit_scale(layout.sizes()[1], layout.gap, layout.row_titles, dpi, width_in)
     # Outlines about 1.5 output pixels wide whatever the panel-to-figure scale.
     thickness = max(1, math.ceil(1.5 / scale))

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ddfm import io
+from ddfm.config import DEFAULT_SEED
 from ddfm.color import rgb_to_luma, to_signed
 from ddfm.bayesfusion import bayes_fuse, to_uint8 as bayes_to_uint8
 from ddfm.sampling import StepFunction, ddfm_sample
@@ -28,7 +29,7 @@ class Fuser:
     model/diffusion: the prior (None for the prior-free mode).
     """
 
-    def __init__(self, fusion, seed=3407, model=None, diffusion=None, device="cpu"):
+    def __init__(self, fusion, seed=DEFAULT_SEED, model=None, diffusion=None, device="cpu"):
         self.fusion = fusion
         self.seed = seed
         self.model = model

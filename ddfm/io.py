@@ -14,6 +14,7 @@ from PIL import Image
 
 from ddfm import color
 from ddfm.files import write_atomic
+from ddfm.messages import one_line
 from ddfm.metrics_io import IMAGE_EXTENSIONS, UnsupportedImageError, decode_rgb8, luma_from_rgb8
 
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
@@ -90,12 +91,6 @@ def find_pairs(input_dir, modalities):
     return pairs, problems
 
 
-def _reason(err):
-    """The first line of an exception's message, or its type when it has none."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def read_image(path):
     """Decode one source file (metrics_io.decode_rgb8, the project's one convention).
 
@@ -107,11 +102,11 @@ def read_image(path):
         with Image.open(path) as image:
             data = decode_rgb8(image)
     except UnsupportedImageError as err:
-        raise FusionInputError(f"{path}: {_reason(err)}") from None
+        raise FusionInputError(f"{path}: {one_line(err)}") from None
     except Image.DecompressionBombError as err:
-        raise FusionInputError(f"{path}: image too large to decode safely ({_reason(err)})") from None
+        raise FusionInputError(f"{path}: image too large to decode safely ({one_line(err)})") from None
     except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error, ...)
-        raise FusionInputError(f"{path}: cannot read image ({_reason(err)})") from None
+        raise FusionInputError(f"{path}: cannot read image ({one_line(err)})") from None
     return _source(path, data)
 
 

@@ -25,8 +25,9 @@ The toolkit's quirks, each reproduced where its metric is computed:
   - "MS_SSIM" is Ma et al.'s multi-scale MEF-SSIM with {A, B} as the exposure stack, not Wang's
     MS-SSIM.
 EN, SD, SF, SCD, CC and Qabf equal the reference protocol's definitions (Qabf: zero-padded Sobel
-and G = gF where gX == gF). FMI is not computed: the toolkit's pixel FMI depends on MATLAB's
-``edge`` and FMI_w on the Wavelet Toolbox, and no oracle could be produced for either.
+and G = gF where gX == gF); this module takes them, and its helpers, from ``ddfm.metrics_common``.
+FMI is not computed: the toolkit's pixel FMI depends on MATLAB's ``edge`` and FMI_w on the Wavelet
+Toolbox, and no oracle could be produced for either.
 Where files are read differently from MATLAB: 16-bit images keep their high byte (as everywhere in
 this project; MATLAB would hand the toolkit uint16 data it does not expect), palette images are
 expanded to RGB (MATLAB's imread returns the indices, which the toolkit would score as grey
@@ -37,7 +38,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from ddfm import metrics as M
+from ddfm import metrics_common as common
 
 TANG_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG", "CC", "PSNR", "MSE",
                 "Nabf", "MS_SSIM")
@@ -70,7 +71,7 @@ def matlab_grey_from_rgb8(rgb):
     return np.clip(np.floor(y + 0.5), 0, 255)
 
 
-_SSIM_WINDOW = M._gaussian_1d(11, 1.5)  # no entry is below eps * max: exactly separable
+_SSIM_WINDOW = common.gaussian_1d(11, 1.5)  # no entry is below eps * max: exactly separable
 
 
 # ---------------------------------------------------------------- MI with the 254/255 merge
@@ -82,15 +83,15 @@ def _mi_pair_bits(x_levels, f_levels):
     # Quirk (Hab.m): the bin index is uint8(x) + 1, which saturates, so 255 lands in 254's bin.
     joint = np.bincount((np.minimum(x_levels, 254) * 256 + np.minimum(f_levels, 254)).ravel(),
                         minlength=65536)
-    h_x = M._entropy_bits(np.bincount(x_levels.ravel(), minlength=256), n)
-    h_f = M._entropy_bits(np.bincount(f_levels.ravel(), minlength=256), n)
-    return h_x + h_f - M._entropy_bits(joint, n)
+    h_x = common.entropy_bits(np.bincount(x_levels.ravel(), minlength=256), n)
+    h_f = common.entropy_bits(np.bincount(f_levels.ravel(), minlength=256), n)
+    return h_x + h_f - common.entropy_bits(joint, n)
 
 
 def mi(a, b, fused):
     """MI (bits): [H(A) + H(F) - H(A,F)] + [H(B) + H(F) - H(B,F)] with the 254/255 joint-bin merge."""
-    fl = M._levels(fused)
-    return _mi_pair_bits(M._levels(a), fl) + _mi_pair_bits(M._levels(b), fl)
+    fl = common.levels(fused)
+    return _mi_pair_bits(common.levels(a), fl) + _mi_pair_bits(common.levels(b), fl)
 
 
 # ---------------------------------------------------------------- PSNR, MSE, AG, VIF
@@ -119,7 +120,7 @@ def ag(fused):
 
 def vif(a, b, fused):
     """VIF: VIFp(A, F) + VIFp(B, F); unlike the reference a NaN VIFp is not replaced by 1."""
-    ratios = M.vifp_ratios(a, b, fused)
+    ratios = common.vifp_ratios(a, b, fused)
     return float(ratios[0] + ratios[1])  # Quirk (vs reference): NaN for a source flat everywhere
 
 
@@ -146,7 +147,7 @@ def ssim(a, b, fused, moments=None):
     f, a, b = (np.asarray(x, dtype=np.float64) for x in (fused, a, b))
     m = _gauss_moments(a, b, f) if moments is None else moments
     # Quirk: the average of the two SSIMs (the reference sums them), over the full-size map.
-    ssim_fa, ssim_fb = M.ssim_means_from_moments(m, _SSIM_C1, _SSIM_C2)
+    ssim_fa, ssim_fb = common.ssim_means_from_moments(m, _SSIM_C1, _SSIM_C2)
     return 0.5 * ssim_fa + 0.5 * ssim_fb
 
 
@@ -248,7 +249,7 @@ def ms_ssim(a, b, fused, moments=None):
 def _strength_orientation(img):
     """Shreyamsha Kumar's Sobel (kernels / 8, image mirrored by one pixel: x[-1] = x[1]) ->
     strength and orientation arctan(gv / gh)."""
-    gx, gy = M._sobel(np.asarray(img, dtype=np.float64), "reflect")
+    gx, gy = common.sobel(np.asarray(img, dtype=np.float64), "reflect")
     # Dividing by 8 is exact. conv2 flips the kernels: both components change sign, which leaves
     # strengths and the orientation differences used below unchanged.
     gv, gh = gx / 8.0, -gy / 8.0
@@ -294,9 +295,10 @@ def nabf_fused_first(a, b, fused):
 
 # ---------------------------------------------------------------- all at once
 
-_SINGLE = {"EN": M.en, "SD": M.sd, "SF": M.sf, "AG": ag}
-_PAIRED = {"MI": mi, "SCD": M.scd, "VIF": vif, "Qabf": lambda a, b, f: M.qabf(a, b, f, "reference"),
-           "SSIM": ssim, "CC": M.cc, "PSNR": psnr, "MSE": mse, "Nabf": nabf, "MS_SSIM": ms_ssim,
+_SINGLE = {"EN": common.en, "SD": common.sd, "SF": common.sf, "AG": ag}
+_PAIRED = {"MI": mi, "SCD": common.scd, "VIF": vif,
+           "Qabf": lambda a, b, f: common.qabf(a, b, f, reference=True),
+           "SSIM": ssim, "CC": common.cc, "PSNR": psnr, "MSE": mse, "Nabf": nabf, "MS_SSIM": ms_ssim,
            "Nabf_fused_first": nabf_fused_first}
 
 

@@ -10,6 +10,7 @@ import torch
 
 import guided_diffusion
 from ddfm.config import ConfigError
+from ddfm.messages import one_line
 from guided_diffusion.checkpoint import CheckpointError, missing_file_message
 
 # dtype key -> (dtype the UNet's block convs are cast to once, autocast dtype). GroupNorm, the
@@ -43,7 +44,7 @@ def resolve_device(name):
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ConfigError(f"device={name!r}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"device={name!r}: {one_line(err)}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r}: CUDA is not available on this machine")
     return device

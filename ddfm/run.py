@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ddfm import distributed, io, journal
-from ddfm.config import ConfigError
+from ddfm.config import DEFAULT_SEED, ConfigError
 from ddfm.fusion import Fuser
 from ddfm.journal import RunError
 from ddfm.prior import build_diffusion, build_prior, resolve_device, resolve_prior
@@ -82,7 +82,7 @@ def build_fuser(config, log):
     kind, reason = resolve_prior(fusion["prior"], config.model)
     log(reason)
     device = distributed.local_device(resolve_device(fusion["device"]))
-    seed = int(config.diffusion.get("seed", 3407))
+    seed = int(config.diffusion.get("seed", DEFAULT_SEED))
     if kind == "none":
         return Fuser(fusion, seed=seed, device=device), {"prior": "none", "reason": reason}
     try:
@@ -173,7 +173,7 @@ def record_header(config, prior_info, fingerprint, save_dir):
     its pixels; the keys it ignored are listed apart, with the reason."""
     fusion = config.fusion
     header = {"configs": config.as_dict(), "prior": prior_info, "variant": fusion["variant"],
-              "seed": int(config.diffusion.get("seed", 3407))}
+              "seed": int(config.diffusion.get("seed", DEFAULT_SEED))}
     if prior_info["prior"] == "none":
         ignored = {key: fusion[key] for key in PRIOR_FREE_IGNORED}
         ignored.update(seed=header["seed"], model=dict(config.model), diffusion=dict(config.diffusion))

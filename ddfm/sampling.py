@@ -8,6 +8,7 @@ from dataclasses import replace
 import torch
 
 from ddfm import color, em
+from ddfm.config import DEFAULT_SEED
 
 
 def seeded_generators(seed, count):
@@ -122,7 +123,7 @@ class Rectifier:
 
 
 @torch.no_grad()
-def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.001, seed=3407,
+def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.001, seed=DEFAULT_SEED,
                 generators=None, x_T=None, valid_hw=None, callback=None, progress=False,
                 step=None):
     """Fuse a batch: returns the final sample's BT.601 luma (N,1,H,W), on the [-1,1] scale.

@@ -147,6 +147,15 @@ def test_size_mismatch_names_the_pair(dataset, capsys):
     assert err.count("\n") == 1 and "'02'" in err and "80x80" in err
 
 
+
+def test_fused_image_too_small_for_vif_names_both_sizes(dataset, capsys):
+    """A fused image far smaller than its sources (not the /32 crop): the sources are cropped to
+    it and VIF cannot score 32x32; the one line must say which sizes met, not only VIF's limit."""
+    _save(dataset / "mean", "02", _image(99, shape=(32, 32)))
+    code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "'02'" in err and "32x32" in err and "64x72" in err and "VIF" in err
+
 def test_unreadable_image_and_missing_folder(dataset, capsys):
     (dataset / "mean" / "03.png").write_bytes(b"not a png")
     code, out, err = _run(capsys, "--ir", dataset / "ir", "--vi", dataset / "vi", "--fused", dataset / "mean")

@@ -6,7 +6,7 @@ import pytest
 
 import figure
 from ddfm import zoom
-from ddfm.figure import MISSING_GREY, compose_row, load_rows, make_figure, row_boxes
+from ddfm.figure import MISSING_GREY, WIDTHS, compose_row, load_rows, make_figure, row_boxes
 from helpers import read_png, write_png
 
 BOXES = [(5, 7, 6, 4), (40, 20, 5, 5)]
@@ -159,6 +159,21 @@ def test_smaller_panel_is_aligned_top_left_with_a_note(tmp_path):
     np.testing.assert_array_equal(png[top:top + 32, left:left + 64], cropped)
     assert (png[top + 32:top + h, left:left + w] == 255).all()
 
+
+
+@pytest.mark.parametrize("dpi", [100, 300])
+def test_figure_width_is_the_requested_width_with_a_cropped_method(tmp_path, dpi):
+    """A method whose images are /32-cropped (64x32 of 80x64) is drawn in a cell of the source
+    size: the scale must come from the source widths, or the figure overshoots the page."""
+    fused = _dataset(tmp_path, methods=("full",), stems=("a",))
+    write_png(tmp_path / "official" / "a.png", read_png(tmp_path / "full" / "a.png")[:32, :64])
+    fused["official"] = tmp_path / "official"
+    out = tmp_path / "fig.png"
+    _, _, drawn = make_figure(tmp_path / "ir", tmp_path / "vi", fused, ["a"], out, dpi=dpi,
+                              width_in=WIDTHS["page"])
+    assert drawn.size[0] == round(WIDTHS["page"] * dpi)  # 716 px at 100 dpi, 2148 px at 300
+    assert read_png(out).shape[1] == drawn.size[0]
+    assert drawn.cells[0, 3][3] == drawn.cells[0, 2][3]  # the cropped column is as wide as the full one
 
 def _cli(capsys, *args):
     code = figure.main([str(a) for a in args])

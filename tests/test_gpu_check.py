@@ -10,11 +10,8 @@ import pytest
 import torch
 import yaml
 
+from benchmarks import gpu_check, gpu_fit, gpu_setup
 from helpers import MODEL_CONFIG, ROOT, TINY_MODEL_CONFIG
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_check  # noqa: E402
-import gpu_setup  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +46,7 @@ def test_every_planned_row_has_real_values(dry_run):
         assert row["s_per_pair"] > 0 and row["ms_per_step"] > 0 and row["tflops"] > 0, row
         assert math.isclose(row["ms_per_step"] * row["steps"] / 1e3, row["s_per_pair"] * batch, rel_tol=1e-6)
         assert row["unet_ms"] > 0 and math.isclose(row["outside_ms"], row["ms_per_step"] - row["unet_ms"])
-        if gpu_check.MODES[mode][2] in ("step", "graph"):
+        if gpu_check.MODES[mode].compile in ("step", "graph"):
             assert row["graphs"] == 1 and row["graph_breaks"] == 0, row  # the whole step: one graph
             assert "unet_ms of bf16_compile" in row["note"]
 
@@ -174,17 +171,18 @@ def test_cross_row_columns_are_not_added_twice(tmp_path):
 def test_fit_search_counts_a_refused_size_as_not_fitting(tmp_path, monkeypatch):
     """Past 2**31 elements cuDNN can refuse a size with a plain RuntimeError before memory runs
     out: the search goes on below it and names it; another cap's search is not lost."""
-    def fit_trial(bench, model, step, side, limit_gb):
+    def fit_trial(bench, step, side, limit_gb):
         if side > 4 * limit_gb:
             raise torch.OutOfMemoryError("simulated")
         if side > 64:
             raise RuntimeError("Expected canUse32BitIndexMath(input) to be true, but got false.")
-        return True
 
-    monkeypatch.setattr(gpu_check, "fit_trial", fit_trial)
+    monkeypatch.setattr(gpu_fit, "fit_trial", fit_trial)
     bench = fake_bench(tmp_path)
-    bench.model = lambda mode: (None, None)
-    rows = {r["row"]: r for r in gpu_check.run_fit(bench)}
+    built = []
+    bench.model = lambda mode: (built.append(mode), (None, None))[1]
+    rows = {r["row"]: r for r in gpu_fit.run_fit(bench)}
+    assert built == ["bf16_cl"]  # one model serves both caps
     assert rows["fit_12gb"]["size"] == "32x32" and "refused" not in rows["fit_12gb"]["note"]
     assert rows["fit_24gb"]["size"] == "64x64"
     assert "refused (not out of memory): 96px RuntimeError: Expected canUse32BitIndexMath" in rows["fit_24gb"]["note"]
@@ -203,19 +201,26 @@ def test_fit_cap_is_a_fraction_of_the_cards_memory_and_is_lifted(tmp_path, monke
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocated["now"])
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
 
-    def fit_trial(bench, model, step, side, limit_gb):
+    def fit_trial(bench, step, side, limit_gb):
         if limit_gb == 24 and side > 512:
             raise ValueError("a bug in the trial")
         if side * side * 4 > limit_gb * 2**20:  # a stand-in for the allocator's cap
             raise torch.OutOfMemoryError("CUDA out of memory")
         allocated["now"] = side * side * 4 * 2**10
-        return True
 
-    monkeypatch.setattr(gpu_check, "fit_trial", fit_trial)
+    monkeypatch.setattr(gpu_fit, "fit_trial", fit_trial)
     bench = fake_bench(tmp_path)
     bench.args.dry_run, bench.device, bench.model = False, torch.device("cuda"), lambda mode: (None, None)
-    rows = {r["row"]: r for r in gpu_check.run_fit(bench)}
+    rows = {r["row"]: r for r in gpu_fit.run_fit(bench)}
     assert fractions == [round(12 / 141, 6), 1.0, round(24 / 141, 6), 1.0]
     assert rows["fit_12gb"]["size"] == "1760x1760"  # 1760^2 * 4 B <= 12 MiB < 1792^2 * 4 B
     assert rows["fit_12gb"]["peak_alloc_gb"] == pytest.approx(1760 ** 2 * 4 * 2**10 / 2**30)
     assert rows["fit_24gb"]["note"] == "error: ValueError: a bug in the trial"
+
+
+def test_error_reason_is_the_type_and_first_line_without_the_row_prefix():
+    from benchmarks.gpu_runtime import error_note, error_reason
+    err = RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED\ndetails")
+    assert error_reason(err, limit=12) == "RuntimeError: cuDNN error:"
+    assert error_note(err) == "error: RuntimeError: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"
+    assert error_note(torch.OutOfMemoryError("CUDA out of memory. Tried")) == "error: out of memory"
