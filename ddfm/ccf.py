@@ -1,259 +1,267 @@
-"""CCF (Conditional Controllable Fusion, NeurIPS 2024) on our prior: x0 guidance by the condition bank.
+"""CCF's condition guidance (Cao et al., NeurIPS 2024; ccf_official.md §3, §5) as an x0 rectifier.
 
-Per diffusion step (ccf_official.md §3, §5): x0 (clipped) -> the 8 condition losses -> top-k of the
-GradNorm weights w -> total = sum_topk w_k L_k + k * L_mse -> one Adam step on x0 only (never
-through the UNet) -> GradNorm update of w -> DDIM with eps' from the pre-guidance x0.
-
-The per-image state (Adam moments and step count, w, L_0) is an explicit ``CCFState``, created
-fresh per batch and carried across steps; every image's rows only depend on that image, so a batch
-of N equals N runs of batch 1.
-
-Top-k tie-break: torch.topk on each image's 1-D float32 CPU row of w, the call the released code
-makes; with all weights equal (step 1) torch 2.x on CPU returns [6, 5, 4] (EI, SF, high_freq), as
-the golden trace shows. Computing it on a CPU copy keeps that order on any device.
+Each DDIM step moves the clipped x0 by one Adam step on the selected fusion conditions
+(ddfm.conditions), then updates the condition weights by the GradNorm rule:
+  1. L = the 8 condition losses of x0; L_0 = L of the first step (kept per image);
+  2. top-k of the weights w (torch.topk order; at the first step all w are 1 and torch.topk on
+     the CPU returns [6, 5, 4] = ei, sf, high_freq: the released run's tie-break, kept);
+  3. total = sum over the top-k of (w_k L_k + L_mse), i.e. sum w_k L_k + k L_mse; its gradient
+     with respect to x0 only (never through the UNet) feeds Adam (lr 0.03, betas 0.9 / 0.999,
+     eps 1e-8), whose moments and step count persist over the diffusion steps of an image;
+  4. G_k = ||w_k dL_k/dx0|| for every condition, target_k = mean(G) r_k^alpha with
+     r = (L / L_0) / mean(L / L_0); w <- w - d mean|G - target| / dw, then w <- sum * w / sum(w).
+All state is per image (rows of the batch), so a batch equals the same images run one by one.
+The per-condition gradients come from one backward pass over eight copies of x0
+(ConditionBank.losses_and_grads): the same eight gradients as eight autograd.grad calls.
 """
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
 from ddfm.conditions import CONDITION_NAMES, MSE_INDEX, ConditionBank
 from ddfm.config import ConfigError
-from ddfm.sampling import start_loop
-
-# Compile modes ccf_sample supports: the guidance runs autograd, so only the UNet is compiled.
-CCF_COMPILE_MODES = ("none", "unet")
 
 
 @dataclass(frozen=True)
 class CCFSettings:
-    """CCF's hyper-parameters and the released code's quirks (each flag True = as released).
+    """CCF's guidance settings; the defaults are the released code's. Validated on creation.
 
-    conditions: the selectable subset of CONDITION_NAMES (the GradNorm weights of all 8 still
-    evolve; a condition left out is never selected; leaving out "mse" also drops its always-on term).
+    conditions: the enabled conditions (names of ddfm.conditions.CONDITION_NAMES); the others are
+    never selected and take no part in GradNorm. weight_sum: Σw after each update (None: the
+    number of enabled conditions, 8 as released). mse_per_slot (released): the always-on MSE is
+    added once per selected slot (weight = topk); False adds it once. The other flags are the
+    condition bank's quirks (see ddfm.conditions.ConditionBank).
     """
 
     lr: float = 0.03
     topk: int = 3
     alpha: float = 1.5
-    weight_sum: float = 8.0
+    weight_sum: float = None
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     conditions: tuple = CONDITION_NAMES
-    edge_visible_twice: bool = True    # edge condition compares with V's edges twice, never I's
-    ei_kernel_typo: bool = True        # EI's Sobel-v first row [-1, 0, -1]
-    ei_detached: bool = True           # EI contributes no gradient (its value still steers w)
-    mse_per_slot: bool = True          # L_mse added once per selected slot (weight k), else once
-    eps_from_unguided: bool = True     # DDIM's eps' from the clipped x0 before guidance
-    clamp_guided: bool = False         # the released code does not clamp x0' after the Adam step
-    adam_across_steps: bool = True     # Adam moments and step count persist over diffusion steps
+    mse_per_slot: bool = True
+    edge_visible_twice: bool = True
+    ei_kernel_typo: bool = True
+    ei_detached: bool = True
 
     def __post_init__(self):
-        validate_settings(self)
-
-    @classmethod
-    def from_mapping(cls, mapping):
-        """Settings from a dict of field names (unknown names -> ConfigError naming them)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(mapping) - known)
+        object.__setattr__(self, "conditions", tuple(self.conditions))
+        unknown = [name for name in self.conditions if name not in CONDITION_NAMES]
         if unknown:
-            raise ConfigError(f"ccf: unknown setting(s) {', '.join(unknown)} "
-                              f"(expected some of {', '.join(sorted(known))})")
-        values = dict(mapping)
-        for key in ("conditions", "betas"):
-            if key in values and isinstance(values[key], (list, str)):
-                raw = values[key]
-                values[key] = tuple(p.strip() for p in raw.split(",")) if isinstance(raw, str) else tuple(raw)
-        return cls(**values)
+            raise ConfigError(f"ccf: unknown condition(s) {', '.join(map(str, unknown))} "
+                              f"(choose from {', '.join(CONDITION_NAMES)})")
+        if not self.conditions or len(set(self.conditions)) != len(self.conditions):
+            raise ConfigError(f"ccf: conditions={list(self.conditions)} must be distinct and not empty")
+        if isinstance(self.topk, bool) or not isinstance(self.topk, int) \
+                or not 1 <= self.topk <= len(self.conditions):
+            raise ConfigError(f"ccf: topk={self.topk!r} must be an integer in 1..{len(self.conditions)} "
+                              f"(the number of enabled conditions)")
+        for name in ("lr", "alpha", "eps") + (("weight_sum",) if self.weight_sum is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ConfigError(f"ccf: {name}={value!r} must be a finite number > 0")
+        b1, b2 = self.betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ConfigError(f"ccf: betas={self.betas!r} must lie in [0, 1)")
 
+    @property
+    def enabled(self):
+        """Indices of the enabled conditions in loss-vector order."""
+        return [CONDITION_NAMES.index(name) for name in CONDITION_NAMES if name in self.conditions]
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def validate_settings(s):
-    """One ConfigError line for the first bad setting."""
-    if not _is_number(s.lr) or s.lr <= 0:
-        raise ConfigError(f"ccf lr={s.lr!r}: must be a finite number > 0")
-    names = tuple(s.conditions)
-    unknown = [n for n in names if n not in CONDITION_NAMES]
-    if unknown:
-        raise ConfigError(f"ccf conditions: unknown condition {unknown[0]!r} "
-                          f"(expected some of {', '.join(CONDITION_NAMES)})")
-    if not names or len(set(names)) != len(names):
-        raise ConfigError(f"ccf conditions={list(names)}: need at least one, each once")
-    if not isinstance(s.topk, int) or isinstance(s.topk, bool) or not 1 <= s.topk <= len(CONDITION_NAMES):
-        raise ConfigError(f"ccf topk={s.topk!r}: must be an integer in 1..{len(CONDITION_NAMES)}")
-    if s.topk > len(names):
-        raise ConfigError(f"ccf topk={s.topk} exceeds the {len(names)} enabled condition(s)")
-    if not _is_number(s.alpha):
-        raise ConfigError(f"ccf alpha={s.alpha!r}: must be a finite number")
-    if not _is_number(s.weight_sum) or s.weight_sum <= 0:
-        raise ConfigError(f"ccf weight_sum={s.weight_sum!r}: must be a finite number > 0")
-    betas = tuple(s.betas)
-    if len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
-        raise ConfigError(f"ccf betas={s.betas!r}: need two numbers in [0, 1)")
-    if not _is_number(s.eps) or s.eps <= 0:
-        raise ConfigError(f"ccf eps={s.eps!r}: must be a finite number > 0")
+    def bank_flags(self):
+        return dict(edge_visible_twice=self.edge_visible_twice, ei_kernel_typo=self.ei_kernel_typo,
+                    ei_detached=self.ei_detached)
 
 
 @dataclass
 class CCFState:
-    """Per-image state of one batch, carried across diffusion steps."""
+    """Per-image guidance state, carried across the diffusion steps of one batch.
 
-    w: torch.Tensor               # (N, 8) GradNorm weights, init 1
-    exp_avg: torch.Tensor         # (N, 3, H, W) Adam first moment
-    exp_avg_sq: torch.Tensor      # (N, 3, H, W) Adam second moment
-    adam_steps: list = field(default_factory=list)  # Adam step count per image
-    L0: torch.Tensor = None       # (N, 8) losses of the first step (GradNorm reference)
+    w (N, 8) GradNorm weights (0 for disabled conditions); L_0 (N, 8) the first step's losses
+    (None before it); exp_avg, exp_avg_sq (N, 3, H, W) Adam's moments; steps Adam's step count.
+    """
+
+    w: torch.Tensor
+    L_0: torch.Tensor = None
+    exp_avg: torch.Tensor = None
+    exp_avg_sq: torch.Tensor = None
+    steps: int = 0
+    enabled: list = field(default_factory=lambda: list(range(len(CONDITION_NAMES))))
 
 
-def init_ccf_state(shape, device=None):
-    """Fresh state for a batch of shape (N, 3, H, W): w = 1, zero moments, no L_0."""
-    n = shape[0]
-    zeros = torch.zeros(shape, device=device, dtype=torch.float32)
-    return CCFState(w=torch.ones((n, len(CONDITION_NAMES)), device=device),
-                    exp_avg=zeros, exp_avg_sq=zeros.clone(), adam_steps=[0] * n)
+def init_state(n, device, settings):
+    """Fresh state for n images: w = 1 on the enabled conditions, no L_0, no Adam moments."""
+    w = torch.zeros((n, len(CONDITION_NAMES)), dtype=torch.float32, device=device)
+    w[:, settings.enabled] = 1.0
+    return CCFState(w=w, enabled=settings.enabled)
 
+
+# --- the pieces of one guidance step (each replayable against the golden trace) ------------------
 
 def select_topk(w, k, enabled):
-    """(N, k) ids of the k largest weights among `enabled` ids, per image with torch.topk on its
-    1-D CPU row (the released call; see the module docstring for its tie-break)."""
-    rows = w.detach().float().cpu()
-    enabled = list(enabled)
-    ids = []
-    for row in rows:
-        picked = torch.topk(row if len(enabled) == row.numel() else row[enabled], k).indices
-        ids.append(picked if len(enabled) == row.numel() else torch.tensor(enabled)[picked])
-    return torch.stack(ids).to(w.device)
+    """Ids (N, k) of the k largest enabled weights per image, in torch.topk order (by value).
 
-
-def gradnorm_weight_grad(w, grads, losses, L0, alpha):
-    """GradNorm's dgrad_loss/dw (ccf_official.md §5): G_k = ||w_k dL_k/dx||, target
-    mean(G) (r_k)^alpha with r = (L/L_0) / mean(L/L_0), grad_loss = mean_k |G_k - target_k|.
-
-    w, losses, L0: (N, 8); grads: (N, 8, 3, H, W). Returns (G, w_grad), each (N, 8).
+    Each row is ranked on its own 1-D tensor of the enabled weights, as the released code ranks
+    its (8,) weight vector, so the tie-break cannot depend on the batch.
     """
+    ids = torch.tensor(enabled, device=w.device)
+    rows = [ids[torch.topk(w[n, ids], k).indices] for n in range(w.shape[0])]
+    return torch.stack(rows)
+
+
+def total_loss(losses, w, topk, mse_per_slot=True):
+    """Σ_{k in top-k} (w_k L_k + L_mse) per image (mse_per_slot False: Σ w_k L_k + L_mse): (N,)."""
+    picked_w, picked_l = w.gather(1, topk), losses.gather(1, topk)
+    mse = losses[:, MSE_INDEX:MSE_INDEX + 1]
+    if mse_per_slot:
+        return (picked_w * picked_l + mse).sum(dim=1)
+    return (picked_w * picked_l).sum(dim=1) + mse[:, 0]
+
+
+def guidance_gradient(grads, w, topk, mse_per_slot=True):
+    """d total / d x0 from the per-condition gradients grads (N, 8, 3, H, W): (N, 3, H, W)."""
+    picked_w = w.gather(1, topk)
+    picked_g = grads.gather(1, topk.view(*topk.shape, 1, 1, 1).expand(-1, -1, *grads.shape[2:]))
+    mse_weight = topk.shape[1] if mse_per_slot else 1
+    return (picked_w.view(*picked_w.shape, 1, 1, 1) * picked_g).sum(dim=1) + mse_weight * grads[:, MSE_INDEX]
+
+
+def gradnorm(losses, L_0, grads, w, alpha, enabled):
+    """GradNorm on the enabled conditions: G (N, 8) = ||w_k g_k|| and w_grad (N, 8), the gradient
+    of mean_k |G_k - mean(G) r_k^alpha| with respect to w (by autograd, as released; 0 where
+    disabled). grads: (N, 8, 3, H, W)."""
+    ids = torch.tensor(enabled, device=w.device)
     with torch.enable_grad():
-        leaf = w.detach().requires_grad_(True)
-        G = torch.linalg.vector_norm(leaf[:, :, None, None, None] * grads, dim=(2, 3, 4))
-        ratio = losses / L0
-        rel = ratio / ratio.mean(dim=1, keepdim=True)
-        target = G.detach().mean(dim=1, keepdim=True) * rel ** alpha
-        grad_loss = (G - target).abs().mean(dim=1).sum()
-        w_grad, = torch.autograd.grad(grad_loss, leaf)
-    return G.detach(), w_grad
+        w_leaf = w[:, ids].detach().requires_grad_(True)
+        G = (w_leaf.view(*w_leaf.shape, 1, 1, 1) * grads[:, ids]).flatten(2).norm(dim=2)
+        G_mean = G.mean(dim=1, keepdim=True).detach()
+        ratio = losses[:, ids] / L_0[:, ids]
+        r = ratio / ratio.mean(dim=1, keepdim=True)
+        target = G_mean * r ** alpha
+        objective = (G - target).abs().mean(dim=1).sum()
+        (w_grad,) = torch.autograd.grad(objective, w_leaf)
+    full_G, full_grad = torch.zeros_like(w), torch.zeros_like(w)
+    full_G[:, ids], full_grad[:, ids] = G.detach(), w_grad
+    return full_G, full_grad
 
 
-def adam_step(param, grad, state, settings):
-    """torch.optim.Adam's single-tensor update (no weight decay, amsgrad, maximize), bit for bit,
-    per image: images with the same step count share one call (their scalars are equal)."""
-    beta1, beta2 = settings.betas
-    state.adam_steps = [s + 1 for s in state.adam_steps]
-    state.exp_avg.lerp_(grad, 1 - beta1)
-    state.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    for step in sorted(set(state.adam_steps)):
-        rows = [k for k, s in enumerate(state.adam_steps) if s == step]
-        index = slice(rows[0], rows[-1] + 1) if rows == list(range(rows[0], rows[-1] + 1)) else rows
-        step_size = settings.lr / (1 - beta1 ** step)
-        bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-        denom = (state.exp_avg_sq[index].sqrt() / bias_correction2_sqrt).add_(settings.eps)
-        param[index] = param[index].addcdiv(state.exp_avg[index], denom, value=-step_size)
-    return param
+def renormalise(w, w_grad, weight_sum):
+    """w <- w - w_grad, then rescaled to Σw = weight_sum per image."""
+    w = w - w_grad
+    return weight_sum * w / w.sum(dim=1, keepdim=True)
+
+
+def adam_update(param, grad, state, settings):
+    """One step of torch.optim.Adam (single-tensor path, no weight decay / amsgrad) on param with
+    the moments and step count in `state`, written out so the state is explicit and per image.
+    Returns the new param; updates state in place."""
+    b1, b2 = settings.betas
+    if state.exp_avg is None:
+        state.exp_avg, state.exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
+    state.steps += 1
+    state.exp_avg = state.exp_avg.lerp(grad, 1 - b1)
+    state.exp_avg_sq = state.exp_avg_sq.mul(b2).addcmul(grad, grad, value=1 - b2)
+    step_size = settings.lr / (1 - b1 ** state.steps)
+    denom = (state.exp_avg_sq.sqrt() / (1 - b2 ** state.steps) ** 0.5).add(settings.eps)
+    return param.addcdiv(state.exp_avg, denom, value=-step_size)
+
+
+def guidance_step(bank, x0, state, settings):
+    """One CCF condition step on the clipped x0 (N, 3, H, W) -> (x0', details); updates state.
+
+    details: losses, topk, total, G, w_grad, w_before, w_after, x0_grad (all detached).
+    """
+    x0 = x0.detach().float()
+    losses, grads = bank.losses_and_grads(x0)
+    if state.L_0 is None:
+        state.L_0 = losses.clone()
+    w_before = state.w
+    topk = select_topk(w_before, settings.topk, state.enabled)
+    x0_grad = guidance_gradient(grads, w_before, topk, settings.mse_per_slot)
+    G, w_grad = gradnorm(losses, state.L_0, grads, w_before, settings.alpha, state.enabled)
+    guided = adam_update(x0, x0_grad, state, settings)  # Adam before the weight update, as released
+    weight_sum = len(state.enabled) if settings.weight_sum is None else settings.weight_sum
+    state.w = renormalise(w_before, w_grad, weight_sum)
+    details = dict(losses=losses, topk=topk, total=total_loss(losses, w_before, topk, settings.mse_per_slot),
+                   G=G, w_grad=w_grad, w_before=w_before, w_after=state.w, x0_grad=x0_grad)
+    return guided, details
 
 
 class CCFGuidance:
-    """The rectify_fn(x0, t) hook: one CCF condition step on the clipped x0 (N, 3, H, W).
+    """The rectify_fn(x0, t) hook of the sampler: one guidance step per call, state per image.
 
-    ir, vis: (N, 3, H, W) float32 sources on [-1, 1] (I = infrared, V = visible). After each call
-    `last` holds that step's losses, topk, w_before, w_after, G, w_grad, x0_grad and total.
+    ir, vis: (N, 3, H, W) sources on [-1, 1] (I = infrared role, V = visible role); valid_hw as
+    ConditionBank. After each call `details` holds that step's guidance_step details.
     """
 
-    def __init__(self, ir, vis, settings=None, valid_hw=None):
-        self.settings = CCFSettings() if settings is None else settings
-        s = self.settings
-        self.bank = ConditionBank(ir, vis, valid_hw, edge_visible_twice=s.edge_visible_twice,
-                                  ei_kernel_typo=s.ei_kernel_typo, ei_detached=s.ei_detached)
-        self.enabled = [CONDITION_NAMES.index(n) for n in CONDITION_NAMES if n in s.conditions]
-        self.state = init_ccf_state(ir.shape, device=ir.device)
-        self.last = None
+    def __init__(self, ir, vis, settings, valid_hw=None):
+        self.settings = settings
+        self.bank = ConditionBank(ir, vis, valid_hw, **settings.bank_flags())
+        self.state = init_state(ir.shape[0], ir.device, settings)
+        self.details = None
 
-    def coefficients(self, w, topk):
-        """(N, 8) weight of each condition's gradient in the total: w_k on the selected slots plus
-        the always-on MSE (k times as released, or once)."""
-        s = self.settings
-        coef = torch.zeros_like(w).scatter_(1, topk, w.gather(1, topk))
-        if "mse" in s.conditions:
-            coef[:, MSE_INDEX] += s.topk if s.mse_per_slot else 1
-        return coef
-
-    def __call__(self, x0, t=None):
-        s, state = self.settings, self.state
-        x0 = x0.detach().float()
-        losses, grads = self.bank.losses_and_grads(x0)
-        if state.L0 is None:
-            state.L0 = losses.clone()
-        w_before = state.w.clone()
-        topk = select_topk(w_before, s.topk, self.enabled)
-        coef = self.coefficients(w_before, topk)
-        x0_grad = (coef[:, :, None, None, None] * grads).sum(dim=1)
-        total = (coef * losses).sum(dim=1)
-        G, w_grad = gradnorm_weight_grad(w_before, grads, losses, state.L0, s.alpha)
-        if not s.adam_across_steps:
-            state.exp_avg.zero_(), state.exp_avg_sq.zero_()
-            state.adam_steps = [0] * len(state.adam_steps)
-        guided = adam_step(x0.clone(), x0_grad, state, s)
-        w_new = w_before - w_grad
-        state.w = w_new / w_new.sum(dim=1, keepdim=True) * s.weight_sum
-        if s.clamp_guided:
-            guided = guided.clamp(-1, 1)
-        self.last = dict(losses=losses, topk=topk, w_before=w_before, w_after=state.w.clone(),
-                         G=G, w_grad=w_grad, x0_grad=x0_grad, total=total)
+    def __call__(self, x0, t):
+        guided, self.details = guidance_step(self.bank, x0, self.state, self.settings)
         return guided
 
 
+# --- the sampling loop ---------------------------------------------------------------------------
+
 class CCFStep:
-    """One sampling step: UNet -> clipped x0 -> CCF guidance -> sampler update (eager)."""
+    """One CCF sampling step: UNet -> clipped x0 -> guidance -> DDIM (eta 0) with eps' from the
+    pre-guidance x0. The model may be any ddfm.prior model (its output is float32); the guidance
+    stays float32. Called as step(x, t, noise, rectify), like ddfm.sampling.StepFunction."""
 
     def __init__(self, model, diffusion):
         self.model, self.diffusion = model, diffusion
 
-    @torch.no_grad()
-    def __call__(self, x, t, noise, guidance):
-        return self.diffusion.sample_step(
-            self.model, x, t, rectify_fn=guidance, noise=noise,
-            eps_from_rectified=not guidance.settings.eps_from_unguided)
+    @torch.no_grad()  # the guidance enables gradients locally, on a detached copy of x0
+    def __call__(self, x, t, noise, rectify):
+        return self.diffusion.ddim_sample(self.model, x, t, clip_denoised=True, rectify_fn=rectify,
+                                          eta=0.0, noise=noise, eps_from_rectified=False,
+                                          fused=False)  # the released update, bit for bit
 
 
 @torch.no_grad()
 def ccf_sample(model, diffusion, ir, vis, *, settings=None, seed=3407, generators=None, x_T=None,
                valid_hw=None, callback=None, progress=False, step=None):
-    """Fuse a batch with CCF: returns the final sample (N, 3, H, W), ~[-1, 1], unclamped
-    (with DDIM eta 0 it equals the last step's guided x0').
+    """Fuse a batch with CCF: returns the final sample (N, 3, H, W), about [-1, 1] (not clamped:
+    the last step's guided x0).
 
-    ir, vis: (N, 3, H, W) float32 on [-1, 1]. x_T from per-image CPU generators (seeded like
-    ddfm_sample). callback(dict) per step: i, t (original timestep), x (new latent), pred_xstart
-    (clipped, before guidance), guided (x0'), losses (N, 8), topk (N, k), w_before, w_after,
-    G, w_grad, total. step: callable(x, t, noise, guidance) -> the sampler's dict (a CCFStep).
+    ir, vis: (N, 3, H, W) float32 in [-1, 1], H and W divisible by 32 for the ADM UNet. x_T from
+    per-image CPU generators (ddfm.sampling) unless given. DDIM eta 0 over all respaced steps of
+    `diffusion`. callback(dict) gets i, t (original timestep), x (the new latent), pred_xstart
+    (clipped), guided (x0'), losses (N, 8), topk (N, k), w_before, w_after, G, w_grad, total.
+    step: a CCFStep-like callable (default: CCFStep(model, diffusion)).
     """
-    n = ir.shape[0]
+    from ddfm.sampling import per_image_noise, seeded_generators
+
+    settings = CCFSettings() if settings is None else settings
+    n, _, h, w = ir.shape
     device = ir.device
-    x, indices, noises = start_loop(diffusion, ir.shape, device, seed=seed, generators=generators,
-                                    x_T=x_T, progress=progress)
-    x = x.float()
+    if generators is None:
+        generators = seeded_generators(seed, n)
+    x = per_image_noise(generators, (3, h, w), device) if x_T is None else x_T.to(device)
     guidance = CCFGuidance(ir, vis, settings, valid_hw)
     step = CCFStep(model, diffusion) if step is None else step
-    unused = torch.zeros_like(x)  # DDIM with eta 0 multiplies its noise by zero
+    diffusion.tables_to(device)
+    indices = list(range(diffusion.num_timesteps))[::-1]
+    if progress:
+        from tqdm.auto import tqdm
+        indices = tqdm(indices, desc="steps", leave=False)
+    unused = torch.zeros_like(x)  # eta 0 multiplies the noise by zero: nothing is drawn
     for i in indices:
         t = torch.full((n,), i, dtype=torch.long, device=device)
-        out = step(x, t, unused if noises is None else noises.take(), guidance)
-        if noises is not None:
-            noises.prefetch()
+        out = step(x, t, unused, guidance)
         x = out["sample"]
         if callback is not None:
-            last = guidance.last
+            d = guidance.details
             callback({"i": i, "t": int(diffusion.timestep_map[i]), "x": x,
                       "pred_xstart": out["pred_xstart"], "guided": out["rectified_xstart"],
-                      "model_output": out["model_output"], **{k: last[k] for k in (
-                          "losses", "topk", "w_before", "w_after", "G", "w_grad", "total")}})
+                      "losses": d["losses"], "topk": d["topk"], "w_before": d["w_before"],
+                      "w_after": d["w_after"], "G": d["G"], "w_grad": d["w_grad"], "total": d["total"]})
     return x

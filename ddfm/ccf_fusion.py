@@ -118,8 +118,10 @@ def settings_from_fusion(fusion):
     if not isinstance(fusion.get("ccf_portrait_resize"), bool):
         from ddfm.config import ConfigError
         raise ConfigError(f"ccf_portrait_resize must be true or false, got {fusion.get('ccf_portrait_resize')!r}")
-    return ccf.CCFSettings.from_mapping({key[len("ccf_"):]: fusion[key] for key in CCF_DEFAULTS
-                                         if key not in IO_KEYS})
+    values = {key[len("ccf_"):]: fusion[key] for key in CCF_DEFAULTS if key not in IO_KEYS}
+    if isinstance(values["conditions"], str):  # "ssim,mse" from the command line
+        values["conditions"] = [name.strip() for name in values["conditions"].strip("[]").split(",")]
+    return ccf.CCFSettings(**values)
 
 
 def ccf_fingerprint(fusion):

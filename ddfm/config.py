@@ -56,9 +56,6 @@ CCF_DEFAULTS = {
     "ccf_ei_kernel_typo": True,
     "ccf_ei_detached": True,
     "ccf_mse_per_slot": True,
-    "ccf_eps_from_unguided": True,
-    "ccf_clamp_guided": False,
-    "ccf_adam_across_steps": True,
     "ccf_portrait_resize": True,    # size: official, portrait images: height from w/h as released
 }
 FUSION_DEFAULTS.update(CCF_DEFAULTS)

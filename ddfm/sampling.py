@@ -99,23 +99,6 @@ def needs_noise(diffusion):
     return not (getattr(diffusion, "sampler", "ddim") == "ddim" and float(getattr(diffusion, "eta", 0.0)) == 0.0)
 
 
-def start_loop(diffusion, shape, device, *, seed, generators=None, x_T=None, progress=False):
-    """What every sampling loop starts from: x_T (given, or from per-image CPU generators seeded
-    with `seed`), the step indices K-1..0 (a progress bar if asked), the per-step noise source
-    (None when the sampler needs no noise). shape: (N, 3, H, W). The tables go to `device` now."""
-    n = shape[0]
-    if generators is None:
-        generators = seeded_generators(seed, n)
-    x = per_image_noise(generators, shape[1:], device) if x_T is None else x_T.to(device)
-    diffusion.tables_to(device)
-    indices = list(range(diffusion.num_timesteps))[::-1]
-    noises = StepNoise(generators, shape[1:], device, len(indices)) if needs_noise(diffusion) else None
-    if progress:
-        from tqdm.auto import tqdm
-        indices = tqdm(indices, desc="steps", leave=False)
-    return x, indices, noises
-
-
 class Rectifier:
     """The rectify_fn(x0, t) hook: one EM step on the luma of x0, state carried across steps.
 
@@ -154,10 +137,17 @@ def ddfm_sample(model, diffusion, a, b, *, variant="official", lamb=0.5, rho=0.0
     """
     n, _, h, w = a.shape
     device = a.device
-    x, indices, noises = start_loop(diffusion, (n, 3, h, w), device, seed=seed,
-                                    generators=generators, x_T=x_T, progress=progress)
+    if generators is None:
+        generators = seeded_generators(seed, n)
+    x = per_image_noise(generators, (3, h, w), device) if x_T is None else x_T.to(device)
     rectify = Rectifier(variant, a, b, lamb, rho, valid_hw)
     step = StepFunction(model, diffusion) if step is None else step
+    diffusion.tables_to(device)
+    indices = list(range(diffusion.num_timesteps))[::-1]
+    noises = StepNoise(generators, (3, h, w), device, len(indices)) if needs_noise(diffusion) else None
+    if progress:
+        from tqdm.auto import tqdm
+        indices = tqdm(indices, desc="steps", leave=False)
     unused = torch.zeros_like(x)  # DDIM with eta 0 multiplies its noise by zero
     for i in indices:
         t = torch.full((n,), i, dtype=torch.long, device=device)

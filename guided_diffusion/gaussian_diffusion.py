@@ -315,12 +315,14 @@ class GaussianDiffusion:
         sample = mean + _nonzero_mask(t, x_t) * torch.exp(0.5 * log_variance) * noise
         return dict(sample=sample, mean=mean)
 
-    def ddim_step(self, x_t, t, pred_xstart, eta=0.0, noise=None, eps_xstart=None):
+    def ddim_step(self, x_t, t, pred_xstart, eta=0.0, noise=None, eps_xstart=None, fused=True):
         """DDIM step (Song et al. eq. 12): x0 sqrt(abar') + sqrt(1 - abar' - s^2) eps' + [t != 0] s noise.
 
-        eps' is re-derived from pred_xstart, or from `eps_xstart` when given (a guided sampler may
-        keep the eps of the x0 before its guidance); s = eta sqrt((1-abar')/(1-abar)) sqrt(1 - abar/abar').
-        noise may be None only when eta == 0. Returns dict(sample, eps).
+        eps' is re-derived from pred_xstart, or from eps_xstart when given (a rectified step that
+        keeps the noise direction of the unrectified x0); s = eta sqrt((1-abar')/(1-abar))
+        sqrt(1 - abar/abar'). noise may be None only when eta == 0. fused=False sums the two
+        products separately like the original code (bit-exact to it; the fused addcmul can differ
+        from it by an ulp). Returns dict(sample, eps).
         """
         eps = self.predict_eps_from_xstart(x_t, t, pred_xstart if eps_xstart is None else eps_xstart)
         # Unlike the other coefficients, abar and abar' are cast to float32 before the square roots.
@@ -328,9 +330,11 @@ class GaussianDiffusion:
         alpha_bar_prev = self.coef("alphas_cumprod_prev", t, x_t.shape)
         sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
                  * torch.sqrt(1 - alpha_bar / alpha_bar_prev))
-        # Two products and a sum, not addcmul: a fused multiply-add rounds differently from the
-        # original's expression (the CCF golden checks this update bit for bit).
-        sample = pred_xstart * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
+        eps_coef = torch.sqrt(1 - alpha_bar_prev - sigma ** 2)
+        if fused:
+            sample = torch.addcmul(eps_coef * eps, pred_xstart, torch.sqrt(alpha_bar_prev))
+        else:
+            sample = torch.sqrt(alpha_bar_prev) * pred_xstart + eps_coef * eps
         if eta != 0.0:
             if noise is None:
                 raise ValueError("ddim_step with eta != 0 needs noise")
@@ -358,11 +362,12 @@ class GaussianDiffusion:
         return dict(out, sample=step["sample"], mean=step["mean"], rectified_xstart=rectified)
 
     def ddim_sample(self, model, x, t, clip_denoised=True, denoised_fn=None, rectify_fn=None,
-                    eta=0.0, noise=None, generator=None, model_kwargs=None, eps_from_rectified=True):
+                    eta=0.0, noise=None, generator=None, model_kwargs=None, eps_from_rectified=True,
+                    fused=True):
         """One DDIM step x_t -> x_{t-1}; rectify_fn(pred_xstart, t) may replace x0 before the update.
 
-        eps_from_rectified=False derives eps' from the (processed) pred_xstart before rectify_fn
-        while the update still uses the rectified x0.
+        eps_from_rectified=False re-derives eps' from the (clipped) pred_xstart before
+        rectification instead of from the rectified x0; fused as ddim_step.
         Draws exactly one normal sample (after rectify_fn), even when eta == 0 or t == 0.
         Returns dict(sample, pred_xstart, rectified_xstart, rectified_eps, model_output, eps, ...).
         """
@@ -372,7 +377,7 @@ class GaussianDiffusion:
         rectified = out["pred_xstart"] if rectify_fn is None else rectify_fn(out["pred_xstart"], t)
         noise = draw_noise(x, noise, generator)
         step = self.ddim_step(x, t, rectified, eta, noise,
-                              eps_xstart=None if eps_from_rectified else out["pred_xstart"])
+                              eps_xstart=None if eps_from_rectified else out["pred_xstart"], fused=fused)
         return dict(out, sample=step["sample"], rectified_xstart=rectified, rectified_eps=step["eps"])
 
     def ddim_reverse_sample(self, model, x, t, clip_denoised=True, denoised_fn=None,
@@ -385,13 +390,11 @@ class GaussianDiffusion:
         return dict(out, sample=sample)
 
     def sample_step(self, model, x, t, rectify_fn=None, noise=None, generator=None,
-                    denoised_fn=None, model_kwargs=None, eps_from_rectified=True):
-        """One step of the configured sampler (ddim with self.eta, or ddpm) with self.clip_denoised.
-
-        eps_from_rectified: see ddim_sample (ddpm's posterior mean has no eps' to choose)."""
+                    denoised_fn=None, model_kwargs=None):
+        """One step of the configured sampler (ddim with self.eta, or ddpm) with self.clip_denoised."""
         if self.sampler == "ddim":
             return self.ddim_sample(model, x, t, self.clip_denoised, denoised_fn, rectify_fn,
-                                    self.eta, noise, generator, model_kwargs, eps_from_rectified)
+                                    self.eta, noise, generator, model_kwargs)
         return self.p_sample(model, x, t, self.clip_denoised, denoised_fn, rectify_fn, noise,
                              generator, model_kwargs)
 
