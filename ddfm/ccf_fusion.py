@@ -81,8 +81,9 @@ class CCFFuser(Fuser):
             luma = ccf_io.resize_linear(luma, *src_hw)
         return self._finish(io.luma_to_uint8(luma, self.fusion["normalize"]), src_a, src_b)
 
-    def fuse_batch(self, pairs, step_callback=None, progress=False):
-        """Fuse (src_a, src_b) pairs of one sampler size; returns uint8 images.
+    def _fuse_together(self, pairs, step_callback=None, progress=False):
+        """Fuse (src_a, src_b) pairs of one sampler size in one batch (Fuser.fuse_batch calls it,
+        with the thread count and `deterministic`); returns uint8 images.
 
         step_callback(i, frames, details) gets after every step each image's progress frame (the
         released one: the new latent's Y, min-max, truncated) and its per-step record (ddfm.ccf

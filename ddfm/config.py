@@ -44,6 +44,8 @@ FUSION_DEFAULTS = {
     "batch_size": 1,
     "channels_last": False,
     "compile": "none",
+    "threads": "auto",
+    "deterministic": False,
 }
 # CCF's own keys (method: ccf), as released; ddfm.ccf's settings validate them (validate_ccf).
 CCF_DEFAULTS = {
@@ -72,7 +74,7 @@ FUSION_CHOICES = {
     "eval_protocol": ("reference", "cddfuse", "corrected", "tang", "all"),
 }
 CCF_ONLY_CHOICES = {"size": ("official",), "color": ("rgb", "visible")}
-BOOL_KEYS = ("record", "evaluate", "report", "channels_last")
+BOOL_KEYS = ("record", "evaluate", "report", "channels_last", "deterministic")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
 # The seed when a diffusion config names none (the official code's).
@@ -195,6 +197,9 @@ def validate_fusion(fusion):
     batch = fusion["batch_size"]
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"fusion config: batch_size must be a positive integer, got {fusion['batch_size']!r}")
+    threads = fusion["threads"]
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"fusion config: threads must be auto or a positive integer, got {threads!r}")
     fusion["input_dir"] = str(fusion["input_dir"])
     fusion["device"] = str(fusion["device"])
     validate_method(fusion)

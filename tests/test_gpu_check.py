@@ -236,3 +236,14 @@ def test_ccf_rows_are_timed_and_compared_with_the_exact_ccf_row(dry_run):
     assert "psnr_db" not in exact or exact.get("psnr_db") in (None, "")
     assert 15 < fast["psnr_db"] < 200 and 0 < fast["max_abs_diff"] <= 255, fast
     assert [e for e in gpu_check.PLAN if e.startswith("ccf_")] == list(gpu_ccf.CCF_PLAN)
+
+
+def test_deterministic_row_matches_the_batched_row_to_precision(dry_run):
+    """The deterministic row (each image alone, deterministic kernels) runs in the dry run and
+    fuses what the batched bf16 channels-last row fuses, up to bf16 precision."""
+    _, record, _ = dry_run
+    at = {(r["row"], r["size"], r["batch"]): r for r in record["rows"]}
+    h, w, batch = gpu_check.DRY_SIZES["256b8"]
+    row = at[("bf16_cl_deterministic", f"{h}x{w}", batch)]
+    assert not row["note"].startswith(("error", "skipped", "stopped")), row
+    assert row["s_per_pair"] > 0 and row["psnr_db"] > 30, row
