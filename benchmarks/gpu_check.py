@@ -21,6 +21,7 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -40,17 +41,19 @@ from benchmarks.gpu_runtime import error_note, free_memory, sync, warm_up
 from benchmarks.gpu_table import COLUMNS, format_row, header_lines, write_outputs
 from benchmarks.official_like import official_like_sample, original_attention
 from benchmarks.profile_step import profile_steps
-from ddfm import io
+from ddfm import determinism, io
 from ddfm.config import DEFAULT_SEED
 from ddfm.prior import set_tf32, wrap_unet
 from ddfm.sampling import StepFunction, ddfm_sample, per_image_noise, seeded_generators
 
 
 class Mode(NamedTuple):
-    """How one row runs the UNet: the `dtype` key, channels-last, the `compile` key."""
+    """How one row runs the UNet: the `dtype` key, channels-last, the `compile` key, and the
+    `deterministic: true` path (each image of the batch alone, torch's deterministic kernels)."""
     dtype: str
     channels_last: bool
     compile: str
+    deterministic: bool = False
 
 
 # row name -> Mode; "official_like" is the official loop.
@@ -64,6 +67,7 @@ MODES = {
     "bf16_compile": Mode("bf16", True, "unet"),
     "bf16_step": Mode("bf16", True, "step"),
     "bf16_graph": Mode("bf16", True, "graph"),
+    "bf16_cl_deterministic": Mode("bf16", True, "none", deterministic=True),
     "official_like": Mode("tf32", False, "none"),
 }
 # size key -> (H, W, batch): on a GPU, and the tiny stand-ins of a dry run.
@@ -73,8 +77,8 @@ DRY_SIZES = {"256": (32, 32, 1), "256b8": (32, 32, 2), "480x640": (32, 64, 1), "
 # In priority order: when the time budget runs out, the later entries are skipped.
 PLAN = ("fp32_exact@480x640", "fp32_tf32@480x640", "fp16_autocast@480x640", "bf16_autocast@480x640",
         "bf16@480x640", "bf16_cl@480x640", "official_like@480x640", "fp32_exact@256", "bf16_cl@256",
-        "bf16_cl@256b8", "bf16@768x1024", "bf16_cl@768x1024", "fit", "bf16_compile@480x640",
-        "bf16_step@480x640", "bf16_graph@480x640", "bf16_graph@256b8")
+        "bf16_cl@256b8", "bf16_cl_deterministic@256b8", "bf16@768x1024", "bf16_cl@768x1024", "fit",
+        "bf16_compile@480x640", "bf16_step@480x640", "bf16_graph@480x640", "bf16_graph@256b8")
 # Rows run by other modules: name -> run(bench, size_key) -> row dict (added to PLAN by the same module).
 EXTRA_ROWS = {}
 
@@ -176,7 +180,7 @@ def run_row(bench, mode, size_key):
         if official:
             fused = official_like_sample(model, bench.diffusion, a, b, x_T, png_dir)
         else:
-            fused = ddfm_sample(model, bench.diffusion, a, b, seed=DEFAULT_SEED, step=step)
+            fused = sample_mode(MODES[mode], model, bench.diffusion, a, b, step)
         sync(device)
         seconds = time.perf_counter() - start
     fill_timing(bench, row, seconds, warm_s, h, w, batch)
@@ -192,6 +196,16 @@ def run_row(bench, mode, size_key):
             lambda: (warm_up(step, bench.diffusion, a, b, x_T, args.profile_steps), sync(device)),
             device, args.profile_steps)
     return row
+
+
+def sample_mode(mode, model, diffusion, a, b, step):
+    """The timed DDFM run of a row; a deterministic row samples the images of its batch one by
+    one under torch's deterministic algorithms, as `deterministic: true` does."""
+    if not mode.deterministic:
+        return ddfm_sample(model, diffusion, a, b, seed=DEFAULT_SEED, step=step)
+    with determinism.run_settings(None, True):
+        return torch.cat([ddfm_sample(model, diffusion, a[k:k + 1], b[k:k + 1], seed=DEFAULT_SEED, step=step)
+                          for k in range(a.shape[0])])
 
 
 def fill_timing(bench, row, seconds, warm_s, h, w, batch):
@@ -396,6 +410,9 @@ def main(argv=None):
     except ValueError as err:
         print(f"gpu_check: {err}", file=sys.stderr)
         return 2
+    if any(getattr(MODES.get(e.partition("@")[0]), "deterministic", False) for e in plan):
+        # cuBLAS reads its workspace setting once, before its first use: set it for the whole run.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", determinism.CUBLAS_WORKSPACE)
     bench = Bench(args)
     if bench.device.type == "cuda":
         bench.env["matmul_tflops"] = gpu_setup.measured_matmul_tflops(bench.device)

@@ -43,6 +43,8 @@ FUSION_DEFAULTS = {
     "batch_size": 1,
     "channels_last": False,
     "compile": "none",
+    "threads": "auto",
+    "deterministic": False,
 }
 FUSION_CHOICES = {
     "variant": ("official", "paper"),
@@ -55,7 +57,7 @@ FUSION_CHOICES = {
     # ddfm.metrics.ALL_PROTOCOLS, its alias and "all" (not imported: configs load without SciPy)
     "eval_protocol": ("reference", "cddfuse", "corrected", "tang", "all"),
 }
-BOOL_KEYS = ("record", "evaluate", "report", "channels_last")
+BOOL_KEYS = ("record", "evaluate", "report", "channels_last", "deterministic")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
 # The seed when a diffusion config names none (the official code's).
@@ -178,6 +180,9 @@ def validate_fusion(fusion):
     batch = fusion["batch_size"]
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"fusion config: batch_size must be a positive integer, got {fusion['batch_size']!r}")
+    threads = fusion["threads"]
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"fusion config: threads must be auto or a positive integer, got {threads!r}")
     fusion["input_dir"] = str(fusion["input_dir"])
     fusion["device"] = str(fusion["device"])
     if fusion["device"] != "auto":

@@ -288,6 +288,7 @@ def write_json(results, path):
     """One result as the module doc's layout; several as {"protocols": [result, ...]}."""
     results = _as_list(results)
     data = results[0] if len(results) == 1 else {"protocols": results}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # --json out/tables/x.json: make the folder
     Path(path).write_text(json.dumps(_plain(data), indent=2) + "\n")
 
 
@@ -299,6 +300,7 @@ def write_csv(results, path):
     def cells(row):
         return [repr(float(row[n])) if n in row else "" for n in names]
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["protocol", "method", "image"] + names)

@@ -5,7 +5,7 @@ Shared by the CLI (`ddfm.run`) and the Python API (`ddfm.fuse`), so both give th
 import numpy as np
 import torch
 
-from ddfm import io
+from ddfm import determinism, io
 from ddfm.config import DEFAULT_SEED
 from ddfm.color import rgb_to_luma, to_signed
 from ddfm.bayesfusion import bayes_fuse, to_uint8 as bayes_to_uint8
@@ -35,6 +35,8 @@ class Fuser:
         self.model = model
         self.diffusion = diffusion
         self.device = torch.device(device)
+        self.threads = determinism.resolved_threads(fusion)
+        self.deterministic = bool(fusion.get("deterministic", False))
         # Built once, so a compiled step ("compile: step" / "graph") is compiled once per size.
         self.step = None if model is None else StepFunction(model, diffusion, fusion.get("compile", "none"))
 
@@ -77,8 +79,21 @@ class Fuser:
         """Fuse a list of (src_a, src_b) of one sampler size; returns uint8 images.
 
         step_callback(i, frames) gets, after every step, the official progress frame (uint8,
-        cropped like the output) of each image of the batch.
+        cropped like the output) of each image of the batch. Runs with the configured thread
+        count; `deterministic` fuses each pair alone (see ddfm.determinism).
         """
+        with determinism.run_settings(self.threads, self.deterministic):
+            if self.deterministic and len(pairs) > 1:
+                return determinism.one_at_a_time(self._fuse_together, pairs, step_callback, progress)
+            return self._fuse_together(pairs, step_callback, progress)
+
+    def provenance(self, batch_size):
+        """What makes an image of a batch of batch_size: threads, device, torch version."""
+        with determinism.run_settings(self.threads, self.deterministic):
+            return determinism.provenance(self.device, batch_size, self.deterministic)
+
+    def _fuse_together(self, pairs, step_callback=None, progress=False):
+        """All pairs in one batch through the sampler (or the prior-free fusion)."""
         if self.prior_free:
             return [self.fuse_prior_free(a, b) for a, b in pairs]
         a = torch.cat([self._to_tensor(src_a.luma) for src_a, _ in pairs])

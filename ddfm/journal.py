@@ -233,7 +233,8 @@ def build_record(save_dir, header, run_id):
     skipped and failed are this run's (run_id); counts as the end-of-run line prints them."""
     state = FolderState(save_dir)
     fused = {Path(name).stem: {"seconds": e.get("seconds"), "settings": e.get("key"),
-                               "sources": e.get("sources"), "run": e.get("run")}
+                               "sources": e.get("sources"), "run": e.get("run"),
+                               "made_with": e.get("made_with")}
              for name, e in state.records.items()}
     now = [e for e in state.events if e.get("run") == run_id]
     keys = {image["settings"] for image in fused.values()} | {header["settings_key"]}

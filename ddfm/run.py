@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddfm import distributed, io, journal
+from ddfm import determinism, distributed, io, journal
 from ddfm.config import DEFAULT_SEED, ConfigError
 from ddfm.fusion import Fuser
 from ddfm.journal import RunError
@@ -82,6 +82,7 @@ def build_fuser(config, log):
     kind, reason = resolve_prior(fusion["prior"], config.model)
     log(reason)
     device = distributed.local_device(resolve_device(fusion["device"]))
+    determinism.prepare_device(fusion, device)
     seed = int(config.diffusion.get("seed", DEFAULT_SEED))
     if kind == "none":
         return Fuser(fusion, seed=seed, device=device), {"prior": "none", "reason": reason}
@@ -124,10 +125,11 @@ class RunLog:
     def write(self, event, **fields):
         journal.append(self.save_dir, {"event": event, "run": self.run_id, **fields})
 
-    def image(self, pair, seconds):
-        """Journal an image just before it is renamed into recon/ (see io.write_image_atomic)."""
+    def image(self, pair, seconds, made_with=None):
+        """Journal an image just before it is renamed into recon/ (see io.write_image_atomic);
+        made_with: ddfm.determinism.provenance of the batch that made it."""
         self.write("image", stem=pair.stem, file=f"{pair.stem}.png", key=self.key, seconds=seconds,
-                   sources=journal.pair_sources(pair))
+                   sources=journal.pair_sources(pair), made_with=made_with)
 
     def fail(self, stem, message):
         self.log(f"error: {message}")
@@ -181,7 +183,8 @@ def record_header(config, prior_info, fingerprint, save_dir):
                   "prior": prior_info, "ignored": {"keys": ignored, "why": PRIOR_FREE_WHY}}
     header.update(fingerprint=fingerprint, settings_key=journal.settings_key(fingerprint),
                   input_dir=str(Path(fusion["input_dir"]).resolve()), save_dir=str(save_dir),
-                  versions=versions(), command=sys.argv, world_size=distributed.rank_and_world()[1])
+                  versions=versions(), command=sys.argv, world_size=distributed.rank_and_world()[1],
+                  determinism=determinism.contract(fusion))
     return header
 
 
@@ -217,9 +220,10 @@ def fuse_pairs(fuser, todo, save_dir, runlog, progress):
             images = fuser.fuse_batch([(a, b) for _, a, b in batch], step_callback=recorder,
                                       progress=progress)
             seconds = round((time.perf_counter() - start) / len(batch), 4)
+            made_with = fuser.provenance(len(batch))
             for (pair, _, _), image in zip(batch, images):
                 io.write_image_atomic(recon / f"{pair.stem}.png", image,
-                                      before_publish=lambda: runlog.image(pair, seconds))
+                                      before_publish=lambda: runlog.image(pair, seconds, made_with))
                 done.add(pair.stem)
                 written += 1
                 _hold_for_tests(written)

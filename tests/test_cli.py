@@ -152,6 +152,10 @@ def test_unusual_image_modes_are_converted(tmp_path, mode):
     (["clip_denoised=abc"], "clip_denoised"),
     (["sampler=ddpm", "eta=0.5"], "eta"),
     (["device=nonsense"], "device"),
+    (["threads=0"], "threads"),
+    (["threads=true"], "threads"),
+    (["threads=many"], "threads"),
+    (["deterministic=maybe"], "deterministic"),
 ])
 def test_config_errors_are_one_line(tmp_path, dataset, capsys, args, needle):
     assert run_cli(tmp_path, "prior=none", *args) == 2

@@ -224,3 +224,14 @@ def test_error_reason_is_the_type_and_first_line_without_the_row_prefix():
     assert error_reason(err, limit=12) == "RuntimeError: cuDNN error:"
     assert error_note(err) == "error: RuntimeError: cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"
     assert error_note(torch.OutOfMemoryError("CUDA out of memory. Tried")) == "error: out of memory"
+
+
+def test_deterministic_row_matches_the_batched_row_to_precision(dry_run):
+    """The deterministic row (each image alone, deterministic kernels) runs in the dry run and
+    fuses what the batched bf16 channels-last row fuses, up to bf16 precision."""
+    _, record, _ = dry_run
+    at = {(r["row"], r["size"], r["batch"]): r for r in record["rows"]}
+    h, w, batch = gpu_check.DRY_SIZES["256b8"]
+    row = at[("bf16_cl_deterministic", f"{h}x{w}", batch)]
+    assert not row["note"].startswith(("error", "skipped", "stopped")), row
+    assert row["s_per_pair"] > 0 and row["psnr_db"] > 30, row

@@ -1,4 +1,5 @@
-"""Batching, torchrun sharding and reduced-precision paths give the same fusion as the plain path."""
+"""Batching, torchrun sharding and reduced-precision paths give the plain path's fusion: on the
+default path up to float order (the README's bound; byte equality is tests/test_determinism.py's)."""
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import sample
+from test_determinism import DEFAULT_PATH_FRACTION
 from helpers import ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair, read_png
 
 TINY = ["--model_config", str(TINY_MODEL_CONFIG), f"model_path={TINY_WEIGHTS}", "prior=adm",
@@ -29,6 +31,13 @@ def fused_images(save_dir):
     return {p.stem: read_png(p) for p in sorted((save_dir / "recon").glob("*.png"))}
 
 
+def assert_within_float_order(images, reference):
+    """At most one grey level apart, on at most the README's fraction of the values."""
+    assert images.keys() == reference.keys()
+    diffs = np.concatenate([np.abs(images[s].astype(int) - reference[s].astype(int)).ravel() for s in reference])
+    assert diffs.max() <= 1 and (diffs > 0).mean() <= DEFAULT_PATH_FRACTION, (diffs.max(), (diffs > 0).mean())
+
+
 @pytest.fixture(scope="module")
 def single_run(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
@@ -36,13 +45,12 @@ def single_run(dataset, tmp_path_factory):
     return fused_images(out)
 
 
-def test_batch_of_three_equals_runs_of_one(dataset, single_run, tmp_path):
+def test_batch_of_three_equals_runs_of_one_up_to_float_order(dataset, single_run, tmp_path):
     assert sample.main(["--input_dir", str(dataset), "--save_dir", str(tmp_path), *TINY,
                         "batch_size=3"]) == 0
     batched = fused_images(tmp_path)
-    assert batched.keys() == single_run.keys() and len(batched) == 5
-    for stem, image in single_run.items():
-        assert np.array_equal(batched[stem], image), stem
+    assert len(batched) == 5
+    assert_within_float_order(batched, single_run)
 
 
 def test_batched_sampler_equals_single_sampler_tensors():
@@ -72,7 +80,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_equal_single_process(dataset, single_run, tmp_path):
+def test_torchrun_two_processes_equal_single_process_up_to_float_order(dataset, single_run, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}",
@@ -80,9 +88,7 @@ def test_torchrun_two_processes_equal_single_process(dataset, single_run, tmp_pa
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     sharded = fused_images(tmp_path)
-    assert sharded.keys() == single_run.keys()
-    for stem, image in single_run.items():
-        assert np.array_equal(sharded[stem], image), stem
+    assert_within_float_order(sharded, single_run)
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["world_size"] == 2 and set(record["fused"]) == set(single_run)
     # Both ranks journaled their images under the one settings line of rank 0.
