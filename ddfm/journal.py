@@ -66,9 +66,9 @@ class FolderLock:
                            f"wait for it to finish or choose another --save_dir") from None
         info = {"run": run_id, "pid": os.getpid(), "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+        self.fd = fd  # held from here: release() closes it even if the write below fails
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        self.fd = fd
 
     def release(self):
         if self.fd is not None:
@@ -113,19 +113,39 @@ def end_torn_line(save_dir):
                 handle.write(b"\n")
 
 
-def read_events(save_dir):
-    """Every complete line of the journal; unreadable (torn) lines are skipped."""
+# The fields each kind of line must have, and their types; a line without them is skipped.
+REQUIRED_FIELDS = {"settings": {"key": str, "fingerprint": dict},
+                   "image": {"stem": str, "file": str, "key": str},
+                   "skipped": {"stems": list}, "failed": {"stem": str}}
+
+
+def _missing_fields(event):
+    """The required fields of a journal line that are absent or of the wrong type."""
+    wanted = REQUIRED_FIELDS.get(event["event"], {})
+    return [name for name, kind in wanted.items() if not isinstance(event.get(name), kind)]
+
+
+def read_events(save_dir, warn=None):
+    """Every complete, well-formed line of the journal. Torn lines (a kill mid-write) are skipped
+    silently; a JSON line that lacks a field or has one of the wrong type is skipped with a
+    warning naming its line number (an image it names then counts as unknown)."""
     path = Path(save_dir) / JOURNAL
     if not path.is_file():
         return []
     events = []
-    for line in path.read_bytes().splitlines():
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         try:
             event = json.loads(line)
         except ValueError:
             continue
-        if isinstance(event, dict) and "event" in event:
-            events.append(event)
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            continue
+        missing = _missing_fields(event)
+        if missing:
+            if warn is not None:
+                warn(f"{path}: line {number} ({event['event']}) lacks or mistypes {', '.join(missing)}: skipped")
+            continue
+        events.append(event)
     return events
 
 
@@ -133,8 +153,8 @@ class FolderState:
     """What recon/ holds now: each image file's record (its last image line) and the files that
     no line names (put there by hand, or written by a version of sample.py without a journal)."""
 
-    def __init__(self, save_dir):
-        self.events = read_events(save_dir)
+    def __init__(self, save_dir, warn=None):
+        self.events = read_events(save_dir, warn)
         self.settings = {e["key"]: e for e in self.events if e["event"] == "settings"}
         last = {e["file"]: e for e in self.events if e["event"] == "image"}
         self.records, self.unrecorded = {}, []

@@ -274,14 +274,15 @@ def prepare_folder(save_dir, lock, run_id, pairs, problems, header, overwrite, l
     created = not save.exists()
     try:
         save.mkdir(parents=True, exist_ok=True)
-        lock.acquire(run_id)
     except OSError as err:
         raise RunError(f"{save_dir}: output folder is not writable ({err.strerror or err})") from None
-    try:
+    try:  # from here on a failure undoes the start, the lock's own write included (a full disk)
+        lock.acquire(run_id)
         journal.end_torn_line(save)
         if journal.remove_leftovers(save):
             log(f"removed the temporary files of an interrupted run in {save_dir}")
-        todo, skipped, doomed = journal.plan_resume(save_dir, journal.FolderState(save), pairs,
+        state = journal.FolderState(save, warn=lambda message: log(f"warning: {message}"))
+        todo, skipped, doomed = journal.plan_resume(save_dir, state, pairs,
                                                     header["settings_key"], header["fingerprint"], overwrite)
         if doomed:
             log(f"--overwrite: deleting {len(doomed)} earlier image(s) in {save / 'recon'} before fusing")

@@ -205,3 +205,41 @@ def test_images_the_journal_does_not_know_are_explained(tmp_path, capsys):
     assert read_png(out / "recon" / "o.png").max() == 0  # nothing was touched
     assert sample.main([*args, "--overwrite"]) == 0
     assert read_png(out / "recon" / "o.png").max() > 0 and set(record_of(out)["fused"]) == {"o"}
+
+
+@pytest.mark.parametrize("bad_line", [{"event": "settings"}, {"event": "image", "stem": "o"},
+                                      {"event": "image", "stem": "o", "file": ["o.png"], "key": "k"}])
+def test_a_journal_line_missing_fields_is_skipped_with_a_warning(tmp_path, capsys, bad_line):
+    """Valid JSON that lacks a field or has one of the wrong type: one warning naming the line,
+    never a traceback; the image it would name counts as unknown (refused, then --overwrite)."""
+    inputs = make_dataset(tmp_path / "in", {"o": random_pair(63, 40, 40)})
+    out = tmp_path / "out"
+    args = ["--input_dir", str(inputs), "--save_dir", str(out), "--quiet", "prior=none"]
+    assert sample.main(args) == 0
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["event"] != "image"]  # o.png now has no good line
+    (out / "journal.jsonl").write_text("\n".join(kept + [json.dumps(bad_line)]) + "\n")
+    capsys.readouterr()
+    assert sample.main(args) == 2
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"line {len(kept) + 1}" in warnings[0] and "skipped" in warnings[0]
+    assert "Traceback" not in err and "o.png" in error_lines(err)[0]
+    assert sample.main([*args, "--overwrite"]) == 0
+    assert set(record_of(out)["fused"]) == {"o"}
+
+
+def test_a_start_whose_lock_cannot_be_written_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """A full disk at the lock's own write: one line, exit 2, and no folder left behind."""
+    import errno
+    inputs = make_dataset(tmp_path / "in", {"o": random_pair(64, 40, 40)})
+
+    def full_disk(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full_disk)
+    out = tmp_path / "out"
+    assert sample.main(["--input_dir", str(inputs), "--save_dir", str(out), "--quiet", "prior=none"]) == 2
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "No space left on device" in err[0]
+    assert not out.exists()
