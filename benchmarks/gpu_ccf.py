@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from benchmarks import gpu_setup
-from benchmarks.gpu_runtime import free_memory, sync
+from benchmarks.gpu_runtime import fill_timing, free_memory, sync, time_unet
 from ddfm import ccf_io
 from ddfm.ccf import ccf_sample
-from ddfm.config import DEFAULT_SEED
+from ddfm.defaults import DEFAULT_SEED
 
 EXACT = "ccf_fp32_exact"
 # row name -> (dtype key, channels_last, compile key), as gpu_check.Mode
@@ -59,7 +59,6 @@ def _compare(bench, row, size_key, image):
 
 def run_ccf_row(bench, mode, size_key):
     """One CCF row (see the module docstring); returns the row dict gpu_check expects."""
-    from benchmarks.gpu_check import fill_timing, time_unet
     args, device = bench.args, bench.device
     h, w, batch = bench.sizes[size_key]
     row = {"row": mode, "size": f"{h}x{w}", "batch": batch, "steps": args.steps,

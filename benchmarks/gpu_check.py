@@ -37,12 +37,12 @@ from torch._dynamo.utils import counters
 import guided_diffusion
 from benchmarks import gpu_ccf, gpu_setup
 from benchmarks.gpu_fit import run_fit
-from benchmarks.gpu_runtime import error_note, free_memory, sync, warm_up
+from benchmarks.gpu_runtime import error_note, fill_timing, free_memory, sync, time_unet, warm_up
 from benchmarks.gpu_table import COLUMNS, format_row, header_lines, write_outputs
 from benchmarks.official_like import official_like_sample, original_attention
 from benchmarks.profile_step import profile_steps
 from ddfm import determinism, io
-from ddfm.config import DEFAULT_SEED
+from ddfm.defaults import DEFAULT_SEED
 from ddfm.prior import set_tf32, wrap_unet
 from ddfm.sampling import StepFunction, ddfm_sample, per_image_noise, seeded_generators
 
@@ -128,18 +128,6 @@ class Bench:
         return model, StepFunction(model, self.diffusion, compile_mode, backend=self.backend)
 
 
-@torch.no_grad()
-def time_unet(model, x, device, repeats):
-    t = torch.full((x.shape[0],), 999, dtype=torch.long, device=device)
-    model(x, t)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        model(x, t)
-    sync(device)
-    return (time.perf_counter() - start) / repeats * 1e3
-
-
 def dynamo_counts():
     return counters["stats"].get("unique_graphs", 0), sum(counters["graph_break"].values())
 
@@ -184,7 +172,7 @@ def run_row(bench, mode, size_key):
             fused = sample_mode(MODES[mode], model, bench.diffusion, a, b, step)
         sync(device)
         seconds = time.perf_counter() - start
-    fill_timing(bench, row, seconds, warm_s, h, w, batch)
+    fill_timing(bench, row, seconds, warm_s, h, w, batch, compiled=MODES[mode].compile != "none")
     if MODES[mode].compile != "none":
         row["graphs"], row["graph_breaks"] = dynamo_counts()
     if MODES[mode].compile == "graph" and device.type == "cuda" and cudagraph_skips():
@@ -207,23 +195,6 @@ def sample_mode(mode, model, diffusion, a, b, step):
     with determinism.run_settings(None, True):
         return torch.cat([ddfm_sample(model, diffusion, a[k:k + 1], b[k:k + 1], seed=DEFAULT_SEED, step=step)
                           for k in range(a.shape[0])])
-
-
-def fill_timing(bench, row, seconds, warm_s, h, w, batch):
-    steps, device = row["steps"], bench.device
-    row["s_per_pair"] = seconds / batch
-    row["pairs_per_s"] = batch / seconds
-    row["ms_per_step"] = seconds / steps * 1e3
-    if row.get("unet_ms") is not None:
-        row["outside_ms"] = row["ms_per_step"] - row["unet_ms"]
-    if MODES[row["row"]].compile != "none":
-        row["compile_s"] = max(0.0, warm_s - bench.args.warmup_steps * seconds / steps)
-    if device.type == "cuda":
-        row["peak_alloc_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        row["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 2**30
-    row["tflops"] = bench.flops_for(h, w) * batch * steps / seconds / 1e12
-    if bench.peak:
-        row["frac_peak"] = row["tflops"] / bench.peak
 
 
 def compare_to_exact(bench, rows):

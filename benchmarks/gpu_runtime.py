@@ -1,5 +1,6 @@
 """Small device helpers shared by the GPU check's rows and its memory-fit search."""
 import gc
+import time
 
 import torch
 
@@ -43,3 +44,33 @@ def warm_up(step, diffusion, a, b, x, count):
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         x = step(x, t, torch.zeros_like(x), rectify)["sample"]
     return x
+
+
+@torch.no_grad()
+def time_unet(model, x, device, repeats):
+    t = torch.full((x.shape[0],), 999, dtype=torch.long, device=device)
+    model(x, t)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model(x, t)
+    sync(device)
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def fill_timing(bench, row, seconds, warm_s, h, w, batch, compiled=False):
+    """The time, memory and throughput columns of a timed run (compile_s for a compiled row)."""
+    steps, device = row["steps"], bench.device
+    row["s_per_pair"] = seconds / batch
+    row["pairs_per_s"] = batch / seconds
+    row["ms_per_step"] = seconds / steps * 1e3
+    if row.get("unet_ms") is not None:
+        row["outside_ms"] = row["ms_per_step"] - row["unet_ms"]
+    if compiled:
+        row["compile_s"] = max(0.0, warm_s - bench.args.warmup_steps * seconds / steps)
+    if device.type == "cuda":
+        row["peak_alloc_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        row["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 2**30
+    row["tflops"] = bench.flops_for(h, w) * batch * steps / seconds / 1e12
+    if bench.peak:
+        row["frac_peak"] = row["tflops"] / bench.peak

@@ -15,12 +15,12 @@ The per-condition gradients come from one backward pass over eight copies of x0
 (ConditionBank.losses_and_grads): the same eight gradients as eight autograd.grad calls.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from ddfm.conditions import CONDITION_NAMES, MSE_INDEX, ConditionBank
-from ddfm.config import ConfigError
+from ddfm.messages import ConfigError
 
 
 @dataclass(frozen=True)
@@ -265,3 +265,13 @@ def ccf_sample(model, diffusion, ir, vis, *, settings=None, seed=3407, generator
                       "losses": d["losses"], "topk": d["topk"], "w_before": d["w_before"],
                       "w_after": d["w_after"], "G": d["G"], "w_grad": d["w_grad"], "total": d["total"]})
     return x
+
+
+def settings_from_fusion(fusion):
+    """CCFSettings from a fusion config's ccf_<field> keys (the others, e.g. ccf_io's resize
+    switch, are not the sampler's); a bad value is the settings' one-line ConfigError."""
+    values = {f.name: fusion[f"ccf_{f.name}"] for f in fields(CCFSettings) if f"ccf_{f.name}" in fusion}
+    if isinstance(values.get("conditions"), str):  # "ssim,mse" from the command line
+        values["conditions"] = [name.strip() for name in values["conditions"].strip("[]").split(",")]
+    return CCFSettings(**values)
+

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ddfm import ccf, ccf_io, ccf_record, io
+from ddfm.ccf import settings_from_fusion  # noqa: F401  (the fuser builds its settings with it)
 from ddfm.color import LUMA_WEIGHTS
 from ddfm.fusion import Fuser
 
@@ -110,19 +111,6 @@ class CCFFuser(Fuser):
 
 # ccf_ keys that ddfm.ccf_io uses rather than the sampler's settings.
 IO_KEYS = ("ccf_portrait_resize",)
-
-
-def settings_from_fusion(fusion):
-    """ddfm.ccf.CCFSettings from the fusion section's ccf_ keys (validated by the core: one
-    ConfigError line naming the setting)."""
-    from ddfm.config import CCF_DEFAULTS
-    if not isinstance(fusion.get("ccf_portrait_resize"), bool):
-        from ddfm.config import ConfigError
-        raise ConfigError(f"ccf_portrait_resize must be true or false, got {fusion.get('ccf_portrait_resize')!r}")
-    values = {key[len("ccf_"):]: fusion[key] for key in CCF_DEFAULTS if key not in IO_KEYS}
-    if isinstance(values["conditions"], str):  # "ssim,mse" from the command line
-        values["conditions"] = [name.strip() for name in values["conditions"].strip("[]").split(",")]
-    return ccf.CCFSettings(**values)
 
 
 def ccf_fingerprint(fusion):

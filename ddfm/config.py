@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from ddfm.messages import one_line
+from ddfm.defaults import DEFAULT_SEED  # noqa: F401  (also read from here)
+from ddfm.messages import ConfigError, one_line  # noqa: F401  (ConfigError: raised and re-exported)
 
 MODEL_KEYS = (
     "image_size", "num_channels", "num_res_blocks", "channel_mult", "learn_sigma", "class_cond",
@@ -77,16 +78,12 @@ CCF_ONLY_CHOICES = {"size": ("official",), "color": ("rgb", "visible")}
 BOOL_KEYS = ("record", "evaluate", "report", "channels_last", "deterministic")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
-# The seed when a diffusion config names none (the official code's).
-DEFAULT_SEED = 3407
 # What torch.Generator.manual_seed accepts (a signed or unsigned 64-bit integer).
 SEED_RANGE = (-2**63, 2**64 - 1)
 # Where the project lives: configs and a relative model_path are found from here as well.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ConfigError(ValueError):
-    """A configuration problem, reported as one line."""
 
 
 @dataclass
@@ -227,7 +224,7 @@ def validate_method(fusion):
     for key, default in CCF_DEFAULTS.items():
         if isinstance(default, bool) and not isinstance(fusion[key], bool):
             raise ConfigError(f"fusion config: {key} must be true or false, got {fusion[key]!r}")
-    from ddfm.ccf_fusion import settings_from_fusion
+    from ddfm.ccf import settings_from_fusion
     try:
         settings_from_fusion(fusion)
     except (TypeError, ValueError) as err:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ddfm import determinism, io
-from ddfm.config import DEFAULT_SEED
+from ddfm.defaults import DEFAULT_SEED
 from ddfm.color import rgb_to_luma, to_signed
 from ddfm.bayesfusion import bayes_fuse, to_uint8 as bayes_to_uint8
 from ddfm.sampling import StepFunction, ddfm_sample

@@ -6,6 +6,11 @@ user errors.
 """
 
 
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line (defined in this leaf so that the method
+    modules can raise it without importing the configuration loader)."""
+
+
 def one_line(err):
     """The first line of an error's message, or the error's type name when it has no message."""
     text = str(err).strip()

@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 from ddfm import color, em
-from ddfm.config import DEFAULT_SEED
+from ddfm.defaults import DEFAULT_SEED
 
 
 def seeded_generators(seed, count):
