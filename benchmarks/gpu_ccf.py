@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from benchmarks import gpu_setup
-from benchmarks.gpu_runtime import fill_timing, free_memory, sync, time_unet
+from benchmarks.gpu_runtime import fill_timing, free_memory, sync, time_unet, timed
 from ddfm import ccf_io
 from ddfm.ccf import ccf_sample
 from ddfm.defaults import DEFAULT_SEED
@@ -73,14 +73,8 @@ def run_ccf_row(bench, mode, size_key):
     warm_s = time.perf_counter() - start
     x = torch.zeros_like(a)
     row["unet_ms"] = time_unet(model, x, device, args.unet_repeats)
-    free_memory(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
-    start = time.perf_counter()
-    sample = ccf_sample(model, bench.diffusion, a, b, seed=DEFAULT_SEED)
-    sync(device)
-    fill_timing(bench, row, time.perf_counter() - start, warm_s, h, w, batch)
+    sample, seconds = timed(device, lambda: ccf_sample(model, bench.diffusion, a, b, seed=DEFAULT_SEED))
+    fill_timing(bench, row, seconds, warm_s, h, w, batch)
     if not torch.isfinite(sample).all():
         row["note"] = "non-finite values in the fused output"
     _compare(bench, row, size_key, ccf_io.recon_rgb_uint8(sample[0].float().cpu().numpy().transpose(1, 2, 0)))

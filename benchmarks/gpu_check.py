@@ -37,7 +37,7 @@ from torch._dynamo.utils import counters
 import guided_diffusion
 from benchmarks import gpu_ccf, gpu_setup
 from benchmarks.gpu_fit import run_fit
-from benchmarks.gpu_runtime import error_note, fill_timing, free_memory, sync, time_unet, warm_up
+from benchmarks.gpu_runtime import error_note, fill_timing, free_memory, sync, time_unet, timed, warm_up
 from benchmarks.gpu_table import COLUMNS, format_row, header_lines, write_outputs
 from benchmarks.official_like import official_like_sample, original_attention
 from benchmarks.profile_step import profile_steps
@@ -161,17 +161,9 @@ def run_row(bench, mode, size_key):
         warm_s = time.perf_counter() - start
         if MODES[mode].compile in ("none", "unet"):
             row["unet_ms"] = time_unet(model, x_T, device, args.unet_repeats)
-        free_memory(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        start = time.perf_counter()
-        if official:
-            fused = official_like_sample(model, bench.diffusion, a, b, x_T, png_dir)
-        else:
-            fused = sample_mode(MODES[mode], model, bench.diffusion, a, b, step)
-        sync(device)
-        seconds = time.perf_counter() - start
+        fused, seconds = timed(device, lambda: (
+            official_like_sample(model, bench.diffusion, a, b, x_T, png_dir) if official
+            else sample_mode(MODES[mode], model, bench.diffusion, a, b, step)))
     fill_timing(bench, row, seconds, warm_s, h, w, batch, compiled=MODES[mode].compile != "none")
     if MODES[mode].compile != "none":
         row["graphs"], row["graph_breaks"] = dynamo_counts()

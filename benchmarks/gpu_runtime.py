@@ -74,3 +74,17 @@ def fill_timing(bench, row, seconds, warm_s, h, w, batch, compiled=False):
     row["tflops"] = bench.flops_for(h, w) * batch * steps / seconds / 1e12
     if bench.peak:
         row["frac_peak"] = row["tflops"] / bench.peak
+
+
+def timed(device, run):
+    """run() between two synchronisations, after freeing memory and resetting the peak-memory
+    counter, so the row's time and peak are run()'s alone: (result, seconds)."""
+    free_memory(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    start = time.perf_counter()
+    result = run()
+    sync(device)
+    return result, time.perf_counter() - start
+

@@ -82,13 +82,15 @@ def one_at_a_time(fuse, pairs, step_callback=None, progress=False):
     """fuse(pairs, step_callback, progress) applied to each pair alone: the pixels of a pair are
     those of a batch-1 run whatever batch it came in. Progress frames are handed on per step for
     the whole batch, as a batched call would."""
-    outputs, frames, details = [], {}, {}
+    outputs, steps = [], {}
+
+    def collect(i, *per_image):  # frames, and whatever else the fuser hands on (CCF: details)
+        kinds = steps.setdefault(i, [[] for _ in per_image])
+        for kind, values in zip(kinds, per_image):
+            kind.extend(values)
+
     for pair in pairs:
-        def collect(i, batch_frames, batch_details=None):  # CCF also hands on per-step details
-            frames.setdefault(i, []).extend(batch_frames)
-            if batch_details is not None:
-                details.setdefault(i, []).extend(batch_details)
         outputs += fuse([pair], None if step_callback is None else collect, progress)
-    for i, step_frames in frames.items():  # in step order: dicts keep the order of insertion
-        step_callback(i, step_frames, *([details[i]] if i in details else []))
+    for i, kinds in steps.items():  # in step order: dicts keep the order of insertion
+        step_callback(i, *kinds)
     return outputs

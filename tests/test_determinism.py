@@ -127,3 +127,20 @@ def test_deterministic_batch_and_torchrun_equal_a_single_run_byte_for_byte(datas
     record = json.loads((tmp_path / "three" / "run.json").read_text())
     assert {image["made_with"]["batch_size"] for image in record["fused"].values()} == {3}
     assert record["determinism"]["deterministic"] is True and record["determinism"]["threads"] == 1
+
+
+def test_one_at_a_time_hands_on_every_per_image_list_per_step():
+    """Each pair fused alone; the callback still gets, per step, one entry per image of the batch
+    in every list the fuser hands on (frames, and CCF's per-step details)."""
+    from ddfm.determinism import one_at_a_time
+
+    def fuse(pairs, callback, progress):
+        for i in (1, 0):
+            callback(i, [f"frame{pairs[0]}@{i}"], [{"pair": pairs[0], "i": i}])
+        return [f"image{pairs[0]}"]
+
+    seen = []
+    images = one_at_a_time(fuse, ["a", "b"], lambda i, frames, details: seen.append((i, frames, details)))
+    assert images == ["imagea", "imageb"]
+    assert seen == [(1, ["framea@1", "frameb@1"], [{"pair": "a", "i": 1}, {"pair": "b", "i": 1}]),
+                    (0, ["framea@0", "frameb@0"], [{"pair": "a", "i": 0}, {"pair": "b", "i": 0}])]
