@@ -17,8 +17,7 @@ from pathlib import Path
 from ddfm.evaluation import (EvaluationError, UsageError, evaluate_protocols, format_table, list_images,
                              write_csv, write_json)
 from ddfm.metrics import ALL_PROTOCOLS, PROTOCOL_ALIASES
-
-SAVE_FOLDER_IMAGES = "recon"  # where sample.py writes its fused images inside --save_dir
+from ddfm.savefolder.layout import RECON as SAVE_FOLDER_IMAGES  # sample.py's fused images inside --save_dir
 
 
 def _resolve_folder(folder, note):

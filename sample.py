@@ -42,9 +42,11 @@ def main(argv=None):
             overrides.append((key, value))
 
     # Imported after parsing so that --help is instant.
-    from ddfm.errors import USER_ERRORS, one_line
     from ddfm.config import load_config
+    from ddfm.distributed import Rank0Failed
+    from ddfm.errors import USER_ERRORS, one_line
     from ddfm.run import run
+    from ddfm.savefolder.layout import Layout
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
@@ -52,31 +54,25 @@ def main(argv=None):
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends a run like Ctrl-C
     try:
         config = load_config(args.model_config, args.diffusion_config, args.fusion_config, overrides)
-        record = run(config, save_dir=args.save_dir, overwrite=args.overwrite, log=log,
-                     progress=not args.quiet)
-        method = config.fusion["method"].upper() if record["prior"]["prior"] == "adm" else "prior-free"
-        if config.fusion["evaluate"]:
-            from ddfm.run import evaluate_run
-            table = evaluate_run(config, args.save_dir, method=method, log=log)
-            if table:
-                print(table)
-        report_failed = False
-        if config.fusion["report"]:
-            from ddfm.run import report_run
-            report_failed = report_run(config, args.save_dir, method=method, log=log) is None
+        outcome = run(config, save_dir=args.save_dir, overwrite=args.overwrite, log=log,
+                      progress=not args.quiet)
+    except Rank0Failed:  # under torchrun: rank 0 has printed the reason, once
+        return 2
     except USER_ERRORS as err:
         log(f"error: {one_line(err)}")
         return 2
     except KeyboardInterrupt:
-        log(f"interrupted: the images written so far are kept and listed in {args.save_dir}/run.json; "
+        log(f"interrupted: the images written so far are kept and listed in {Layout(args.save_dir).record}; "
             f"run the same command again to resume")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    counts = record["counts"]
+    if outcome.table:
+        print(outcome.table)
+    record, counts = outcome.record, outcome.record["counts"]
     log(f"fused {counts['fused']}, skipped {counts['skipped']} (already fused), failed {counts['failed']} "
-        f"pair(s); {args.save_dir}/recon holds {counts['in_folder']} image(s)")
-    return 1 if counts["failed"] or "record_error" in record or report_failed else 0
+        f"pair(s); {Layout(args.save_dir).recon} holds {counts['in_folder']} image(s)")
+    return 1 if counts["failed"] or "record_error" in record or outcome.report_failed else 0
 
 
 def _interrupt(signum, frame):

@@ -20,7 +20,7 @@ def load_fuser(model_config=_CONFIGS / "model_config_imagenet.yaml",
                log=print, **overrides):
     """Resolve configs (any config key as a keyword) and build the prior once; returns a Fuser."""
     from ddfm.config import load_config
-    from ddfm.run import build_fuser
+    from ddfm.build import build_fuser
 
     config = load_config(model_config, diffusion_config, fusion_config, list(overrides.items()))
     fuser, _ = build_fuser(config, log)

@@ -1,18 +1,19 @@
 """Sharding a dataset over processes started by `torchrun` (torch.distributed, env:// rendezvous).
 
-Pairs are independent, so each rank fuses every world-th pair to do and writes its own images
-and journal lines. Rank 0 alone locks and prepares the save folder (the others get its decision)
-and, once all ranks are done, writes run.json from the journal. The process group (gloo: CPU-side
-coordination only) is used for that one broadcast and one barrier, nothing else.
+Pairs are independent, so each rank fuses every world-th pair to do. This module only hands
+rank 0's decision to every rank and waits for all ranks (a gloo process group: CPU-side
+coordination only); what is decided and written is ddfm.run's and ddfm.savefolder's.
 """
-import json
 import os
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ddfm.files import write_atomic
+from ddfm.messages import RunError, one_line
+
+
+class Rank0Failed(RunError):
+    """Raised on the other ranks when rank 0 could not start the run (rank 0 says why)."""
 
 
 def rank_and_world():
@@ -27,14 +28,16 @@ def local_device(device):
     return device
 
 
-def _barrier():
+def _group():
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
-    dist.barrier()
 
 
-def write_json_atomic(path, data):
-    write_atomic(path, lambda handle: handle.write(json.dumps(data, indent=2, default=str).encode()))
+def barrier():
+    """Wait until every rank is here (nothing to wait for in a plain run)."""
+    if rank_and_world()[1] > 1:
+        _group()
+        dist.barrier()
 
 
 def from_rank0(work):
@@ -43,31 +46,18 @@ def from_rank0(work):
     rank, world = rank_and_world()
     if world == 1:
         return work()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+    _group()
     box, error = [None], None
     if rank == 0:
         try:
             box[0] = ("ok", work())
         except Exception as err:  # the other ranks must not wait forever for a result
             error = err
-            box[0] = ("error", str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+            box[0] = ("error", one_line(err))
     dist.broadcast_object_list(box, src=0)
     if error is not None:
         raise error
     status, value = box[0]
     if status == "error":
-        from ddfm.journal import RunError
-        raise RunError(f"rank 0 could not start the run: {value}")
+        raise Rank0Failed(f"rank 0 could not start the run: {value}")
     return value
-
-
-def write_run_record(save_dir, build, rank, world, finished=True):
-    """run.json, built from the journal every rank appends to and written by rank 0. A finished
-    run waits for all ranks first; after an interruption rank 0 writes at once what it holds."""
-    if world > 1 and finished:
-        _barrier()
-    record = build()
-    if rank == 0:
-        write_json_atomic(Path(save_dir) / "run.json", record)
-    return record

@@ -3,7 +3,6 @@ from guided_diffusion.checkpoint import CheckpointError
 
 from ddfm.config import ConfigError
 from ddfm.io import FusionInputError
-from ddfm.messages import one_line  # noqa: F401  (re-exported: how a user error is printed)
-from ddfm.run import RunError
+from ddfm.messages import RunError, one_line  # noqa: F401  (one_line re-exported: how a user error is printed)
 
 USER_ERRORS = (ConfigError, FusionInputError, RunError, CheckpointError)

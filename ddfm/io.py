@@ -7,6 +7,7 @@ when the file really is colour so that its chroma can be put back on the fused l
 evaluation; arrays given to the Python API follow the same convention (`source_from_array`).
 """
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +92,24 @@ def find_pairs(input_dir, modalities):
     return pairs, problems
 
 
-def read_image(path):
-    """Decode one source file (metrics_io.decode_rgb8, the project's one convention).
+def read_file_bytes(path):
+    """A source file's bytes (sample.py hashes and decodes the same bytes); one line if unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise FusionInputError(f"{path}: cannot read image ({one_line(err)})") from None
+
+
+def read_image(path, data=None):
+    """Decode one source file (metrics_io.decode_rgb8, the project's one convention); data: its
+    bytes when the caller has read them already.
 
     Every problem, a corrupt file, an unsupported mode, a decompression bomb or no memory for a
     huge image, raises FusionInputError naming the file: one bad pair must not stop the run.
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else BytesIO(data)) as image:
             data = decode_rgb8(image)
     except UnsupportedImageError as err:
         raise FusionInputError(f"{path}: {one_line(err)}") from None
@@ -276,6 +286,13 @@ def recombine_chroma(grey_u8, rgb):
     chroma = rgb - (rgb @ np.array(color.LUMA_WEIGHTS))[..., None]
     out = grey[..., None] + _fit_in_gamut(grey[..., None], chroma) * chroma
     return _round_keeping_luma(out, grey)
+
+
+def encode_png(array):
+    """The PNG file of a uint8 grey or RGB image, as bytes (what write_image_atomic writes)."""
+    buffer = BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_image_atomic(path, array, before_publish=None):

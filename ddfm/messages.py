@@ -11,6 +11,11 @@ class ConfigError(ValueError):
     modules can raise it without importing the configuration loader)."""
 
 
+class RunError(ValueError):
+    """A problem that stops the whole run (bad folders, a save folder that would mix or is in
+    use), reported as one line."""
+
+
 def one_line(err):
     """The first line of an error's message, or the error's type name when it has no message."""
     text = str(err).strip()

@@ -10,7 +10,6 @@ layout of ddfm.evaluation ({"protocol", "methods": {name: {"mean", "per_image"}}
 lack some stems and a metric may have no known direction (it is then shown without a best mark).
 """
 import hashlib
-import json
 import math
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddfm.evaluation import EvaluationError, evaluate_protocols, list_images
+from ddfm.evaluation import list_images
 from ddfm.files import write_atomic
 from ddfm.metrics_io import decode_rgb8
 
@@ -227,7 +226,8 @@ def run_settings(record):
     items = [
         ("prior", prior.get("prior")),
         ("why", prior.get("reason")),
-        ("variant", record.get("variant", fusion.get("variant"))),
+        ("method", fusion.get("method")),
+        ("variant", record.get("variant", fusion.get("variant")) if fusion.get("method") != "ccf" else None),
         ("steps", prior.get("steps", diffusion.get("timestep_respacing")) if prior_used else None),
         ("seed", record.get("seed", diffusion.get("seed"))),
         ("device / dtype", " / ".join(str(v) for v in (prior.get("device"), prior.get("dtype")) if v)),
@@ -293,41 +293,4 @@ def write_report(out_dir, results, a_dir, b_dir, fused_dirs, source_names=("IR",
     html = render_page(context)
     index = out_dir / "index.html"
     write_atomic(index, lambda handle: handle.write(html.encode("utf-8")))
-    return index
-
-
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_run_report(config, save_dir, method, a_dir, b_dir, log=print):
-    """<save_dir>/report/index.html for a sample.py run: its settings (run.json), the metrics
-    (metrics.json of this run, else evaluated here), every pair and, with record, each GIF."""
-    save_dir = Path(save_dir)
-    first, second = config.fusion["modalities"]
-    fused = {method: save_dir / "recon"}
-    saved = _read_json(save_dir / "metrics.json") if config.fusion["evaluate"] else None
-    results = []
-    if isinstance(saved, dict):  # one protocol's result, or {"protocols": [...]} for several
-        results = saved.get("protocols", [saved] if "methods" in saved else [])
-    if not results:
-        try:
-            results = evaluate_protocols(a_dir, b_dir, fused, protocols=[config.fusion["eval_protocol"]],
-                                         warn=lambda m: log(f"warning: {m}"), allow_missing=True)
-        except EvaluationError as err:
-            log(f"report: no metrics table ({err})")
-    gifs = {path.stem: path for path in sorted((save_dir / "progress").glob("*.gif"))}
-    from ddfm.ccf_record import condition_strips
-    try:
-        index = write_report(save_dir / "report", results, a_dir, b_dir, fused, (first, second),
-                             run_record=_read_json(save_dir / "run.json"), gifs=gifs,
-                             title=f"Fusion run: {save_dir}",
-                             conditions=condition_strips(save_dir / "progress"))
-    except (OSError, EvaluationError) as err:
-        log(f"report skipped: {str(err).splitlines()[0]}")
-        return None
-    log(f"report: {index}")
     return index

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from ddfm.evaluation import EvaluationError, UsageError, evaluate_protocols, list_images
 from ddfm.metrics import canonical_protocol
+from ddfm.savefolder.layout import METRICS as METRICS_FILE, RECON as SAVE_FOLDER_IMAGES  # sample.py's save folder
 from ddfm.table import TABLE_METRICS, DatasetResult
 
-METRICS_FILE = "metrics.json"
-SAVE_FOLDER_IMAGES = "recon"  # where sample.py writes its fused images
 _FORMAT = 'expected evaluate.py --json output: {"protocol", "methods"} or {"protocols": [...]}'
 
 

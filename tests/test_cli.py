@@ -55,12 +55,17 @@ def test_adm_prior_without_checkpoint_is_one_line_error(tmp_path, dataset, capsy
 
 def test_resume_skips_existing_outputs_unless_overwrite(tmp_path, dataset):
     assert run_cli(tmp_path, "prior=none") == 0
+    fused = read_png(tmp_path / "out" / "recon" / "p1.png")
+    assert run_cli(tmp_path, "prior=none") == 0
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["skipped"] == ["p1", "p2"]
+    # An image replaced in recon/ is no longer what the journal says was fused: made again (issue 17).
     marker = np.full((40, 50), 7, np.uint8)
     write_png(tmp_path / "out" / "recon" / "p1.png", marker)
     assert run_cli(tmp_path, "prior=none") == 0
-    assert np.array_equal(read_png(tmp_path / "out" / "recon" / "p1.png"), marker)
-    record = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert record["skipped"] == ["p1", "p2"]
+    assert np.array_equal(read_png(tmp_path / "out" / "recon" / "p1.png"), fused)
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["skipped"] == ["p2"]
+    write_png(tmp_path / "out" / "recon" / "p1.png", marker)
     assert sample.main(["--input_dir", str(tmp_path / "in"), "--save_dir", str(tmp_path / "out"),
                         "--quiet", "--overwrite", "prior=none"]) == 0
     assert not np.array_equal(read_png(tmp_path / "out" / "recon" / "p1.png"), marker)
@@ -273,16 +278,16 @@ def test_resumed_run_keeps_earlier_timings_in_run_json(tmp_path, dataset):
 
 
 def test_write_error_fails_that_pair_and_keeps_the_record(tmp_path, dataset, capsys, monkeypatch):
-    from ddfm import io as ddfm_io
+    from ddfm.savefolder import writer
 
-    real = ddfm_io.write_image_atomic
+    real = writer.write_atomic
 
-    def flaky(path, array, **kwargs):
+    def flaky(path, save, **kwargs):
         if path.stem == "p1":
             raise OSError(28, "No space left on device")
-        return real(path, array, **kwargs)
+        return real(path, save, **kwargs)
 
-    monkeypatch.setattr(ddfm_io, "write_image_atomic", flaky)
+    monkeypatch.setattr(writer, "write_atomic", flaky)
     assert run_cli(tmp_path, "prior=none") == 1
     assert "p1: [Errno 28] No space left on device" in capsys.readouterr().err
     record = json.loads((tmp_path / "out" / "run.json").read_text())

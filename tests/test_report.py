@@ -14,7 +14,9 @@ import pytest
 import evaluate
 import sample
 from ddfm.config import load_config
-from ddfm.report import HIGHER_IS_BETTER, THUMB_SIDE, write_report, write_run_report
+from ddfm.postrun import evaluate_and_report
+from ddfm.report import HIGHER_IS_BETTER, THUMB_SIDE, write_report
+from ddfm.savefolder.layout import Layout
 from helpers import DIFFUSION_CONFIG, MODEL_CONFIG, read_png, write_png
 
 STEMS = ("p1", "p2", "p3")
@@ -217,8 +219,9 @@ def test_run_report_reads_run_json_defensively_and_shows_the_gif(tmp_path):
     # a layout run.json may take: nested timings, a prior given as a plain string, unknown keys
     record = {"prior": "adm", "fused": {"x": {"seconds": 2.5}, "y": 1.5}, "seed": 7, "new": [1]}
     (tmp_path / "out" / "run.json").write_text(json.dumps(record))
-    config = load_config(MODEL_CONFIG, DIFFUSION_CONFIG, None, [("input_dir", str(tmp_path / "in"))])
-    index = write_run_report(config, tmp_path / "out", "DDFM", tmp_path / "in" / "ir", tmp_path / "in" / "vi", log=lambda m: None)
+    config = load_config(MODEL_CONFIG, DIFFUSION_CONFIG, None, [("input_dir", str(tmp_path / "in")), ("report", True)])
+    sources, index = (tmp_path / "in" / "ir", tmp_path / "in" / "vi"), tmp_path / "out" / "report" / "index.html"
+    assert evaluate_and_report(config, Layout(tmp_path / "out"), "DDFM", sources, log=lambda m: None) == ("", False)
     text = index.read_text()
     page = Page(text)
     assert page.pairs["x"] == ["ir", "vi", "DDFM", "sampling"] and page.pairs["y"] == ["ir", "vi", "DDFM"]
@@ -226,7 +229,9 @@ def test_run_report_reads_run_json_defensively_and_shows_the_gif(tmp_path):
     assert "<dt>prior</dt><dd>adm</dd>" in text and "<dt>seconds in total</dt><dd>4.00</dd>" in text
     assert "(fused in 2.500 s)" in text
     (tmp_path / "out" / "run.json").write_text("{broken")
-    assert write_run_report(config, tmp_path / "out", "DDFM", tmp_path / "in" / "ir", tmp_path / "in" / "vi", log=lambda m: None) == index
+    index.unlink()
+    assert evaluate_and_report(config, Layout(tmp_path / "out"), "DDFM", sources, log=lambda m: None) == ("", False)
+    assert index.is_file()
 
 
 def _chromium(tmp_path, *args):

@@ -102,12 +102,12 @@ def test_unreadable_input_folder_is_one_line(tmp_path, dataset, capsys, monkeypa
 
 
 def test_unwritable_run_json_after_fusing_keeps_the_images(tmp_path, dataset, capsys, monkeypatch):
-    from ddfm import distributed
+    from ddfm import run as driver
 
-    def denied(path, data):
-        raise PermissionError(13, "Permission denied", str(path))
+    def denied(layout, record):
+        raise PermissionError(13, "Permission denied", str(layout.record))
 
-    monkeypatch.setattr(distributed, "write_json_atomic", denied)
+    monkeypatch.setattr(driver, "write_record", denied)
     assert run_cli(tmp_path, "prior=none") == 1
     lines = error_lines(capsys)
     assert len(lines) == 1 and "run.json: cannot write the run record (Permission denied)" in lines[0]

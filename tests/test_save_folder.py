@@ -1,7 +1,7 @@
 """A save folder never mixes settings and run.json tells the truth (issue 12's scenarios).
 
 Runs are interrupted from the test with SIGKILL / SIGINT / SIGTERM while some images exist: the
-child runs with DDFM_TEST_HOLD_AFTER=k (ddfm.run stops after its k-th image until a signal comes),
+child runs tests/seamed_sample.py, which stops after its k-th image until a signal comes,
 the test waits for the k images, signals, then reruns. Every rerun either refuses with one line
 (exit 2) or leaves a folder where each image equals a clean run of the settings journaled for it.
 """
@@ -47,8 +47,9 @@ def main(inputs, save_dir, *args):
 
 def start_held(inputs, save_dir, hold, *args):
     """sample.py in a child process that stops after its `hold`-th image; returns once it has."""
-    env = dict(os.environ, DDFM_TEST_HOLD_AFTER=str(hold), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), "--input_dir", str(inputs),
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "seamed_sample.py"), "hold", str(hold),
+                             "--input_dir", str(inputs),
                              "--save_dir", str(save_dir), "--quiet", *TINY, *args],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
