@@ -109,7 +109,7 @@ def latex_tabular(table, transpose=False):
                 lines.append(" & ".join([first, _metric_head(metric)] + cells) + r" \\")
     else:
         n = len(table.metrics)
-        lines.append(r"\begin{tabular}{l" + ("@{\hspace{8pt}}" + "c" * n) * len(table.datasets) + "}")
+        lines.append(r"\begin{tabular}{l" + (r"@{\hspace{8pt}}" + "c" * n) * len(table.datasets) + "}")
         groups = [rf"\multicolumn{{{n}}}{{c}}{{{latex_text(d)}}}" for d in table.datasets]
         rules = [rf"\cmidrule(lr){{{2 + i * n}-{1 + (i + 1) * n}}}" for i in range(len(table.datasets))]
         lines += [r"\toprule", " & ".join([""] + groups) + r" \\", " ".join(rules)]

@@ -94,6 +94,13 @@ def test_torchrun_two_processes_equal_single_process_up_to_float_order(dataset, 
     # Both ranks journaled their images under the one settings line of rank 0.
     assert {image["settings"] for image in record["fused"].values()} == {record["settings_key"]}
     assert record["counts"] == {"fused": 5, "skipped": 0, "failed": 0, "in_folder": 5}
+    # A refused start (settings that would mix): one error line, from rank 0 only; every rank
+    # exits 2 and torch's launcher exits 1 with its own ChildFailedError report (README).
+    cmd[cmd.index(next(a for a in cmd if a.startswith("--master_port")))] = f"--master_port={free_port()}"
+    done = subprocess.run(cmd + ["seed=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "fused with other settings" in errors[0], done.stderr[-3000:]
+    assert done.returncode == 1 and "exitcode  : 2" in done.stderr
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
