@@ -14,11 +14,10 @@ from ddfm.build import build_fuser
 from ddfm.fingerprint import PRIOR_FREE_IGNORED, PRIOR_FREE_WHY, output_fingerprint, record_header
 from ddfm.messages import RunError, one_line
 from ddfm.savefolder import journal, lock as folder_lock
-from ddfm.savefolder.hashes import content_hash
+from ddfm.savefolder.hashes import HashCache, content_hash
 from ddfm.savefolder.layout import Layout
 from ddfm.savefolder.record import build_record, write_record
 from ddfm.savefolder.resume import FolderState, drop_unfused, pair_sources
-from ddfm.savefolder.hashes import HashCache
 from ddfm.savefolder.start import start_run
 from ddfm.savefolder.writer import RunJournal
 

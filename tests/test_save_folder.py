@@ -32,7 +32,11 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clean(inputs, tmp_path_factory):
-    """Clean single runs per seed: what every image of a settings must equal."""
+    return clean_runs(inputs, tmp_path_factory)
+
+
+def clean_runs(inputs, tmp_path_factory):
+    """{seed: {stem: image}} of clean single runs: what every image of a settings must equal."""
     refs = {}
     for seed in (3407, 0):
         out = tmp_path_factory.mktemp(f"clean{seed}")
@@ -45,13 +49,17 @@ def main(inputs, save_dir, *args):
     return sample.main(["--input_dir", str(inputs), "--save_dir", str(save_dir), "--quiet", *TINY, *args])
 
 
+def seamed(inputs, save_dir, seam, *args):
+    """sample.py in a child process through tests/seamed_sample.py; seam: its mode (and count)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "seamed_sample.py"), *seam,
+                             "--input_dir", str(inputs), "--save_dir", str(save_dir), "--quiet", *TINY, *args],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+
+
 def start_held(inputs, save_dir, hold, *args):
     """sample.py in a child process that stops after its `hold`-th image; returns once it has."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "seamed_sample.py"), "hold", str(hold),
-                             "--input_dir", str(inputs),
-                             "--save_dir", str(save_dir), "--quiet", *TINY, *args],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    proc = seamed(inputs, save_dir, ("hold", str(hold)), *args)
     deadline = time.monotonic() + 60
     while held_images(save_dir, proc.pid) < hold:
         assert proc.poll() is None, proc.stderr.read()

@@ -19,7 +19,7 @@ import pytest
 
 import sample
 from helpers import ROOT, make_dataset, random_pair, read_png, write_png
-from test_save_folder import TINY, error_lines, record_of
+from test_save_folder import clean_runs, error_lines, main, record_of, seamed
 
 from ddfm.savefolder import hashes as hashes_module
 from ddfm.savefolder.hashes import HashCache
@@ -37,24 +37,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clean(inputs, tmp_path_factory):
-    """{seed: {stem: image}} of clean single runs."""
-    refs = {}
-    for seed in (3407, 0):
-        out = tmp_path_factory.mktemp(f"clean{seed}")
-        assert main(inputs, out, f"seed={seed}") == 0
-        refs[seed] = {p.stem: read_png(p) for p in (out / "recon").glob("*.png")}
-    return refs
-
-
-def main(inputs, save_dir, *args):
-    return sample.main(["--input_dir", str(inputs), "--save_dir", str(save_dir), "--quiet", *TINY, *args])
-
-
-def seamed(inputs, save_dir, mode, *args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "seamed_sample.py"), mode, *args,
-                             "--input_dir", str(inputs), "--save_dir", str(save_dir), "--quiet", *TINY],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    return clean_runs(inputs, tmp_path_factory)
 
 
 def test_a_source_edited_in_place_is_fused_again(inputs, clean, tmp_path, capsys):
@@ -147,7 +130,7 @@ def test_sigkill_at_every_journal_line_of_an_overwrite_loses_no_image(inputs, cl
     for mode, n in kills:
         out = tmp_path / f"{mode}{n}"
         assert main(inputs, out) == 0
-        proc = seamed(inputs, out, mode, str(n), "seed=0", "--overwrite")
+        proc = seamed(inputs, out, (mode, str(n)), "seed=0", "--overwrite")
         proc.wait(timeout=120)
         assert proc.returncode == -signal.SIGKILL, (mode, n, proc.stderr.read()[-2000:])
         _invariant(out, clean, 3407, 0)
@@ -161,7 +144,7 @@ def test_sigkill_at_every_journal_line_of_an_overwrite_loses_no_image(inputs, cl
 def test_a_killed_overwrite_resumes_without_overwrite_and_drops_what_it_replaced(inputs, clean, tmp_path):
     out = tmp_path / "out"
     assert main(inputs, out) == 0
-    proc = seamed(inputs, out, "kill", str(len(STEMS) + 3), "seed=0", "--overwrite")  # after image 1
+    proc = seamed(inputs, out, ("kill", str(len(STEMS) + 3)), "seed=0", "--overwrite")  # after image 1
     proc.wait(timeout=120)
     assert len(list((out / "recon" / ".replaced").rglob("*.png"))) == len(STEMS) - 1
     assert main(inputs, out, "seed=0") == 0  # the same settings resume: the old images go as the new come
@@ -190,7 +173,7 @@ def test_a_failed_pair_of_an_overwrite_keeps_its_old_image_aside(tmp_path, capsy
 
 def test_a_second_run_during_evaluate_and_report_is_refused(inputs, tmp_path, capsys):
     out = tmp_path / "out"
-    proc = seamed(inputs, out, "hold-postrun", "evaluate=true", "report=true")
+    proc = seamed(inputs, out, ("hold-postrun",), "evaluate=true", "report=true")
     deadline = time.monotonic() + 120
     while not (out / "run.json").exists():  # run.json is written just before the post-run step
         assert proc.poll() is None and time.monotonic() < deadline
