@@ -55,9 +55,17 @@ def from_rank0(work):
             error = err
             box[0] = ("error", one_line(err))
     dist.broadcast_object_list(box, src=0)
-    if error is not None:
-        raise error
     status, value = box[0]
     if status == "error":
+        _close_group()
+        if error is not None:
+            raise error
         raise Rank0Failed(f"rank 0 could not start the run: {value}")
     return value
+
+
+def _close_group():
+    """A refused start ends every rank: they leave the group together, so that none exits while
+    another still talks to it (gloo aborts the process, SIGABRT, when its peer vanishes)."""
+    dist.barrier()
+    dist.destroy_process_group()
