@@ -147,11 +147,15 @@ def test_flipped_byte_is_one_line_and_no_file_in_place(mirror, tmp_path, capsys)
 
 
 def test_missing_file_on_the_server_is_one_404_line(mirror, tmp_path, capsys):
+    assert fetch(mirror, tmp_path / "data") == 0
+    (tmp_path / "data" / "tiny" / "vi" / "001.png").unlink()
     (mirror.base / "imgs/Vis/001.png").unlink()
+    capsys.readouterr()
     assert fetch(mirror, tmp_path / "data") == 1
     lines = errors(capsys)
     assert len(lines) == 1 and "vi/001.png" in lines[0] and "HTTP 404" in lines[0]
     assert not list((tmp_path / "data" / "tiny" / "vi").glob("001.png*"))
+    assert not (tmp_path / "data" / "tiny" / "dataset.json").exists()  # no longer complete
 
 
 def test_interrupted_part_resumes_with_a_range_request(mirror, tmp_path):

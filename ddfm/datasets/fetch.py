@@ -168,6 +168,7 @@ def fetch_split(split, root, base=DEFAULT_MIRROR, jobs=4, timeout=60, progress=T
     todo = [f for f, ok in zip(split.files, present) if not ok]
     outcome.present = len(split.files) - len(todo)
     if todo:
+        (folder / RECORD).unlink(missing_ok=True)  # the folder is not complete until every file is back
         log(f"{split.name}: {outcome.present} of {len(split.files)} file(s) in place, fetching {len(todo)} "
             f"from {base}")
         bar = tqdm(total=sum(f.size for f in todo), unit="B", unit_scale=True, unit_divisor=1024,
