@@ -12,10 +12,9 @@ import argparse
 import os
 import sys
 
-from ddfm.datasets.fetch import DEFAULT_MIRROR, MIRROR_ENV, FetchError, RootError, fetch_split
+from ddfm.datasets.fetch import DEFAULT_MIRROR, MIRROR_ENV, RECORD, FetchError, RootError, fetch_split
+from ddfm.datasets.layouts import ROOT_ENV, data_root
 from ddfm.datasets.registry import REGISTRY_FILE, RegistryError, load_registry, select
-
-ROOT_ENV = "DDFM_DATA_ROOT"
 
 
 def build_parser():
@@ -23,11 +22,11 @@ def build_parser():
     parser.add_argument("--registry", default=str(REGISTRY_FILE), help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="the splits, their size and where they come from")
-    listing.add_argument("--root", default=os.environ.get(ROOT_ENV, "data"),
+    listing.add_argument("--root", default=str(data_root()),
                          help=f"data folder, to mark the splits already fetched (default data, or ${ROOT_ENV})")
     fetch = commands.add_parser("fetch", help="download and check splits into ROOT/NAME/")
     fetch.add_argument("names", nargs="+", metavar="NAME")
-    fetch.add_argument("--root", default=os.environ.get(ROOT_ENV, "data"),
+    fetch.add_argument("--root", default=str(data_root()),
                        help=f"where the splits go (default data, or ${ROOT_ENV})")
     fetch.add_argument("--mirror", default=os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR,
                        help=f"BASE of BASE/<owner>/<repo>/<commit>/<path> (default {DEFAULT_MIRROR}, or ${MIRROR_ENV})")
@@ -51,7 +50,7 @@ def list_splits(splits, root):
     print(f"{'name':26} {'pairs':>5} {'MB':>7}  {'status':10} source")
     for split in splits.values():
         status = "unverified" if not split.verified else \
-            ("fetched" if os.path.exists(os.path.join(root, split.name, "dataset.json")) else "")
+            ("fetched" if os.path.exists(os.path.join(root, split.name, RECORD)) else "")
         commit = split.commit[:7] if split.commit else "?"
         print(f"{split.name:26} {split.pairs:5d} {split.size / 1e6:7.1f}  {status:10} {split.repository}@{commit}")
 

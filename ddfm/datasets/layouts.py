@@ -101,7 +101,7 @@ def find_modality_folders(input_dir, modalities=None, log=print):
     if len(layouts) == 1:
         (a, b), asked = layouts[0], f" (no {', '.join(modalities)})" if modalities else ""
         log(f"{root}: modality folders {a} (first role) and {b} (second role), a known layout{asked}; "
-            f"modalities=[A, B] chooses others")
+            f"modalities=[A, B] (sample.py) or --ir/--vi choose others")
         return list(layouts[0])
     there = ", ".join(subfolders) if subfolders else "none"
     if len(layouts) > 1:
