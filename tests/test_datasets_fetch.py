@@ -3,6 +3,7 @@
 Everything is served from a loopback HTTP server (127.0.0.1, port 0) over a tree the test makes,
 `<owner>/<repo>/<commit>/<path>` as GitHub's raw-file address serves it; no test touches the network.
 """
+import errno
 import hashlib
 import http.server
 import json
@@ -175,6 +176,19 @@ def test_a_server_that_stalls_is_one_timeout_line(mirror, tmp_path, capsys):
     lines = errors(capsys)
     assert len(lines) == 1 and "ir/001.png" in lines[0] and "timed out" in lines[0]
     assert not (tmp_path / "data" / "tiny" / "ir" / "001.png").exists()
+
+
+def test_full_disk_is_one_line_and_leaves_neither_file_nor_part(mirror, tmp_path, capsys, monkeypatch):
+    import ddfm.datasets.fetch as fetch_module
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fetch_module.os, "fsync", no_space)
+    assert fetch(mirror, tmp_path / "data", "--jobs", "1") == 1
+    lines = errors(capsys)
+    assert len(lines) == len(mirror.files) and all("disk full" in line for line in lines)
+    assert sorted(p.name for p in (tmp_path / "data" / "tiny").rglob("*") if p.is_file()) == []
 
 
 def test_unwritable_root_is_one_line_exit_2(mirror, tmp_path, capsys):

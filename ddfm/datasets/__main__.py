@@ -52,7 +52,8 @@ def list_splits(splits, root):
         status = "unverified" if not split.verified else \
             ("fetched" if os.path.exists(os.path.join(root, split.name, RECORD)) else "")
         commit = split.commit[:7] if split.commit else "?"
-        print(f"{split.name:26} {split.pairs:5d} {split.size / 1e6:7.1f}  {status:10} {split.repository}@{commit}")
+        size = f"{split.size / 1e6:7.1f}" if split.verified else f"{'-':>7}"
+        print(f"{split.name:26} {split.pairs:5d} {size}  {status:10} {split.repository}@{commit}")
 
 
 def main(argv=None):
@@ -75,6 +76,10 @@ def main(argv=None):
         try:
             outcome = fetch_split(split, args.root, args.mirror, args.jobs, args.timeout,
                                   progress=not args.quiet, log=log)
+        except KeyboardInterrupt:
+            log(f"interrupted: files in place are checked, partial ones kept as .part; run the same command "
+                f"again to resume")
+            return 130
         except RootError as err:
             log(f"error: {err}")
             return 2
