@@ -4,7 +4,8 @@
                        [--protocol reference|cddfuse|corrected|tang|all ...] [--metrics EN,SD,...]
                        [--allow-missing] [--json OUT] [--csv OUT] [--digits N]
 
---a/--b are aliases of --ir/--vi (e.g. --a CT --b MRI). --protocol may be repeated; `all` is every
+--a/--b are aliases of --ir/--vi (e.g. --a CT --b MRI); --input_dir DIR or --dataset NAME finds the
+two source folders of a known layout instead (ddfm.datasets.layouts). --protocol may be repeated; `all` is every
 protocol; one table is printed per protocol. A sample.py save folder (recon/ inside) is scored
 through its recon/. Exit status: 0 ok, 1 evaluation error (missing folder or files, size mismatch,
 unreadable image, unwritable output), 2 bad arguments (usage, unknown protocol or metric, clashing
@@ -81,12 +82,38 @@ def _digits(text):
 
 
 def add_folder_arguments(parser):
-    """--ir/--vi (--a/--b) and --fused, shared with figure.py."""
-    parser.add_argument("--ir", "--a", dest="a", required=True, help="first source folder (IR / CT)")
-    parser.add_argument("--vi", "--b", dest="b", required=True, help="second source folder (VIS / MRI)")
+    """--ir/--vi (--a/--b) or --input_dir or --dataset, and --fused, shared with figure.py."""
+    parser.add_argument("--ir", "--a", dest="a", help="first source folder (IR / CT)")
+    parser.add_argument("--vi", "--b", dest="b", help="second source folder (VIS / MRI)")
+    parser.add_argument("--input_dir", help="instead of --ir/--vi: the folder holding both, in a known "
+                                            "layout (ir/vi, Ir/Vis, infrared/visible, CT|PET|SPECT/MRI, ...)")
+    parser.add_argument("--dataset", metavar="NAME", help="instead of --ir/--vi: a fetched test split, "
+                                                          "DATA_ROOT/NAME (python -m ddfm.datasets list)")
+    parser.add_argument("--data_root", help="where --dataset looks (default data, or $DDFM_DATA_ROOT)")
     parser.add_argument("--fused", action="append", required=True, metavar="[NAME=]DIR",
                         help="folder of fused images (or a sample.py save folder); repeat for "
                              "several methods")
+
+
+def check_source_arguments(parser, args):
+    """Exactly one way of naming the sources: --ir and --vi, or --input_dir, or --dataset."""
+    ways = [args.a is not None or args.b is not None, args.input_dir is not None, args.dataset is not None]
+    if sum(ways) != 1 or (ways[0] and (args.a is None or args.b is None)):
+        parser.error("name the sources with --ir and --vi, or --input_dir, or --dataset (one of them)")
+
+
+def source_folders(args, note):
+    """(first, second) source folders of the arguments; a known layout is found and said in one
+    line. Raises EvaluationError (one line) when they cannot be found."""
+    if args.a is not None:
+        return args.a, args.b
+    from ddfm.datasets.layouts import InputFolderError, dataset_folder, find_modality_folders
+    try:
+        root = Path(args.input_dir) if args.input_dir else dataset_folder(args.dataset, args.data_root)
+        a, b = find_modality_folders(root, None, note)
+    except InputFolderError as err:
+        raise EvaluationError(str(err)) from None
+    return root / a, root / b
 
 
 def build_parser():
@@ -108,7 +135,9 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_source_arguments(parser, args)
 
     def warn(message):
         print(f"warning: {message}", file=sys.stderr)
@@ -118,6 +147,7 @@ def main(argv=None):
 
     try:
         fused = _parse_fused(args.fused, note)
+        args.a, args.b = source_folders(args, note)
         results = evaluate_protocols(args.a, args.b, fused, protocols=args.protocol or ["reference"],
                                      metrics=_parse_metrics(args.metrics), warn=warn,
                                      allow_missing=args.allow_missing)

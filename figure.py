@@ -3,6 +3,7 @@
     python figure.py --ir DIR --vi DIR --fused name=DIR [--fused name=DIR ...] --stems S1,S2
                      [--zoom x,y,w,h ...|--zoom auto|--zoom STEM:x,y,w,h] --out FILE.png|FILE.pdf
 
+--input_dir DIR or --dataset NAME may stand for --ir/--vi (a known layout, see evaluate.py).
 Rows are pairs, columns IR | VIS | methods (--transpose swaps them). Each --zoom box (source pixel
 coordinates, up to 3) is outlined on every panel of a pair and magnified (nearest neighbour,
 integer factor) into an inset; --zoom auto picks the window where the methods disagree most.
@@ -16,7 +17,7 @@ from pathlib import Path
 from ddfm.evaluation import EvaluationError
 from ddfm.figure import WIDTHS, FigureError, make_figure
 from ddfm.zoom import MAX_BOXES, PLACEMENTS, ZoomError, boxes_for, parse_box
-from evaluate import _parse_fused, add_folder_arguments
+from evaluate import _parse_fused, add_folder_arguments, check_source_arguments, source_folders
 
 
 def _box(text):
@@ -109,9 +110,11 @@ def _check_args(parser, args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_source_arguments(parser, args)
     stems, names = _check_args(parser, args)
     try:
         fused = _parse_fused(args.fused)
+        args.a, args.b = source_folders(args, lambda message: print(f"note: {message}", file=sys.stderr))
         _, _, drawn = make_figure(args.a, args.b, fused, stems, args.out, zooms=args.zoom,
                                    placement=args.inset, factor=args.zoom_factor,
                                    auto_size=args.zoom_size, transpose=args.transpose, dpi=args.dpi,

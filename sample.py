@@ -20,6 +20,9 @@ def parse_args(argv):
     parser.add_argument("--fusion_config", default=str(CONFIGS / "fusion_config.yaml"))
     parser.add_argument("--save_dir", default="./output")
     parser.add_argument("--input_dir", help="folder holding the two modality folders")
+    parser.add_argument("--dataset", metavar="NAME", help="a fetched test split: reads DATA_ROOT/NAME "
+                        "(python -m ddfm.datasets list)")
+    parser.add_argument("--data_root", help="where --dataset looks (default data, or $DDFM_DATA_ROOT)")
     parser.add_argument("--record", action="store_true", default=None, help="write every step")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--gpu", type=int, help="the official flag: same as --device cuda:N")
@@ -28,7 +31,10 @@ def parse_args(argv):
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override any config key, e.g. timestep_respacing=25 seed=0")
     # Intermixed: overrides may stand before, between or after the flags.
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if args.dataset and args.input_dir:
+        parser.error("give --input_dir or --dataset, not both")
+    return args
 
 
 def main(argv=None):
@@ -36,6 +42,13 @@ def main(argv=None):
     overrides = list(args.overrides)
     if args.gpu is not None and args.device is None:
         args.device = f"cuda:{args.gpu}"
+    if args.dataset:
+        from ddfm.datasets.layouts import InputFolderError, dataset_folder
+        try:
+            args.input_dir = str(dataset_folder(args.dataset, args.data_root))
+        except InputFolderError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     for key in ("input_dir", "device", "record"):
         value = getattr(args, key)
         if value is not None:  # flag values go in as they are, not through YAML

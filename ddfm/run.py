@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ddfm import distributed, io, postrun
 from ddfm.build import build_fuser
+from ddfm.datasets.layouts import InputFolderError, find_modality_folders
 from ddfm.fingerprint import PRIOR_FREE_IGNORED, PRIOR_FREE_WHY, output_fingerprint, record_header
 from ddfm.messages import RunError, one_line
 from ddfm.savefolder import journal, lock as folder_lock
@@ -31,26 +32,11 @@ def check_save_dir(save_dir, input_dir, modalities):
 
 
 def resolve_modalities(input_dir, modalities, log):
-    """The modality folders as they are spelled on disk: `pet` finds `PET` when exactly one
-    sub-folder matches without regard to case; otherwise the error lists the sub-folders."""
-    root = Path(input_dir)
+    """The modality folders as they are spelled on disk, or a known layout (ddfm.datasets.layouts)."""
     try:
-        subfolders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    except OSError as err:
-        raise RunError(f"{root}: input folder cannot be read ({err.strerror or err})") from None
-    resolved = []
-    for name in modalities:
-        matches = [s for s in subfolders if s.lower() == name.lower()]
-        if (root / name).is_dir():
-            resolved.append(name)
-        elif len(matches) == 1:
-            log(f"modality '{name}': using the folder {root / matches[0]}")
-            resolved.append(matches[0])
-        else:
-            there = ", ".join(subfolders) if subfolders else "none"
-            where = f"sub-folders of {root}: {there}" if root.is_dir() else f"{root} does not exist"
-            raise io.FusionInputError(f"{root / name}: input folder not found ({where})")
-    return resolved
+        return find_modality_folders(input_dir, modalities, log)
+    except InputFolderError as err:
+        raise io.FusionInputError(str(err)) from None
 
 
 class Recorder:
