@@ -8,7 +8,7 @@ from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
 
 import fakecuda
 from ddfm import em, sampling
-from guided_diffusion.checkpoint import EXPECTED_NUM_PARAMS, EXPECTED_NUM_TENSORS
+from guided_diffusion.checkpoint import EXPECTED_NUM_PARAMS, EXPECTED_NUM_TENSORS, CheckpointError
 
 pytestmark = pytest.mark.skipif(fakecuda.cpu_build_only() is not None,
                                 reason=str(fakecuda.cpu_build_only()))
@@ -74,6 +74,12 @@ def test_ddfm_official_fp32_full_adm(official_fp32):
     assert run.recorder.param_count == EXPECTED_NUM_PARAMS
     assert run.recorder.tensor_count == EXPECTED_NUM_TENSORS
     assert run.peak_bytes > 4 * 2 ** 30  # fp32 weights (2.2 GB) plus 480x640 activations
+
+
+def test_fake_weights_go_through_the_strict_loader():
+    config = fakecuda.full_adm_config("num_channels=128")  # not the checkpoint's architecture
+    with fakecuda.FakeCuda() as fake, pytest.raises(CheckpointError, match="does not fit UNetModel"):
+        fake.build(config)
 
 
 def test_ddfm_paper_bf16_one_pinned_noise_copy_per_step():
