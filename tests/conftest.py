@@ -15,6 +15,16 @@ sys.path.insert(0, str(ROOT))
 torch.set_num_threads(int(os.environ.get("DDFM_TEST_THREADS", "1")))
 
 
+@pytest.fixture(autouse=True)
+def _end_children():
+    """Whatever a test does or fails, the child processes it started do not outlive it."""
+    from helpers import end_children
+    try:
+        yield
+    finally:
+        end_children()
+
+
 @pytest.fixture(scope="session")
 def golden_dir():
     return GOLDEN
