@@ -68,16 +68,16 @@ def start_run(layout, lock, run_id, pairs, problems, header, overwrite, log):
         raise
 
 
-def _check_folders(layout):
-    """The folders a run writes into must be folders: one line now, not one error per pair."""
-    for path in (layout.recon, layout.progress, layout.report):
-        if path.exists() and not path.is_dir():
-            raise RunError(f"{path}: is a file where the run writes a folder; move it away or choose "
-                           f"another --save_dir")
+def _check_recon(layout):
+    """recon/ must be a folder: one line now, not one error per pair. (A file in report/'s place
+    fails only the report, after the images: see postrun.)"""
+    if layout.recon.exists() and not layout.recon.is_dir():
+        raise RunError(f"{layout.recon}: is a file where the run writes a folder; move it away or "
+                       f"choose another --save_dir")
 
 
 def _prepare(layout, run_id, pairs, problems, header, overwrite, log):
-    _check_folders(layout)
+    _check_recon(layout)
     journal.end_torn_line(layout.journal)
     if folder.remove_leftovers(layout):
         log(f"removed the temporary files of an interrupted run in {layout.root}")
