@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+from ddfm.savefolder.layout import Layout  # light: names the save folder's files
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DESCRIPTION = "Fuse paired images (infrared/visible, CT|PET|SPECT/MRI) with DDFM."
 
@@ -26,7 +28,8 @@ def parse_args(argv):
     parser.add_argument("--record", action="store_true", default=None, help="write every step")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--gpu", type=int, help="the official flag: same as --device cuda:N")
-    parser.add_argument("--overwrite", action="store_true", help="redo every pair: first delete the images of recon/ they replace or that other settings made")
+    parser.add_argument("--overwrite", action="store_true", help="redo every pair; the images of recon/ it replaces, or that other settings made, are set "
+                             "aside in recon/.replaced/ and removed once the new images are in place")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override any config key, e.g. timestep_respacing=25 seed=0")
@@ -54,38 +57,43 @@ def main(argv=None):
         if value is not None:  # flag values go in as they are, not through YAML
             overrides.append((key, value))
 
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends a run like Ctrl-C
+    try:
+        return _run(args, overrides)
+    except KeyboardInterrupt:  # also while torch is still loading
+        _log(f"interrupted: the images written so far are kept and listed in {Layout(args.save_dir).record}; "
+             f"run the same command again to resume")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args, overrides):
     # Imported after parsing so that --help is instant.
     from ddfm.config import load_config
     from ddfm.distributed import Rank0Failed
     from ddfm.errors import USER_ERRORS, one_line
     from ddfm.run import run
-    from ddfm.savefolder.layout import Layout
 
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends a run like Ctrl-C
     try:
         config = load_config(args.model_config, args.diffusion_config, args.fusion_config, overrides)
-        outcome = run(config, save_dir=args.save_dir, overwrite=args.overwrite, log=log,
+        outcome = run(config, save_dir=args.save_dir, overwrite=args.overwrite, log=_log,
                       progress=not args.quiet)
     except Rank0Failed:  # under torchrun: rank 0 has printed the reason, once
         return 2
     except USER_ERRORS as err:
-        log(f"error: {one_line(err)}")
+        _log(f"error: {one_line(err)}")
         return 2
-    except KeyboardInterrupt:
-        log(f"interrupted: the images written so far are kept and listed in {Layout(args.save_dir).record}; "
-            f"run the same command again to resume")
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if outcome.table:
         print(outcome.table)
     record, counts = outcome.record, outcome.record["counts"]
-    log(f"fused {counts['fused']}, skipped {counts['skipped']} (already fused), failed {counts['failed']} "
-        f"pair(s); {Layout(args.save_dir).recon} holds {counts['in_folder']} image(s)")
+    _log(f"fused {counts['fused']}, skipped {counts['skipped']} (already fused), failed {counts['failed']} "
+         f"pair(s); {Layout(args.save_dir).recon} holds {counts['in_folder']} image(s)")
     return 1 if counts["failed"] or "record_error" in record or outcome.report_failed else 0
+
+
+def _log(message):
+    print(message, file=sys.stderr, flush=True)
 
 
 def _interrupt(signum, frame):

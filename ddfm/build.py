@@ -12,7 +12,7 @@ from ddfm.prior import build_diffusion, build_prior, resolve_device, resolve_pri
 def build_fuser(config, log):
     """Resolve the prior and device, build model and sampler; returns (fuser, prior_info)."""
     fusion = config.fusion
-    kind, reason = resolve_prior(fusion["prior"], config.model)
+    kind, reason = resolve_prior(fusion["prior"], config.model, fusion["method"])
     log(reason)
     device = local_device(resolve_device(fusion["device"]))
     determinism.prepare_device(fusion, device)

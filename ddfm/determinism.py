@@ -18,11 +18,24 @@ CUBLAS_WORKSPACE = ":4096:8"
 
 
 def resolved_threads(fusion):
-    """The intra-op thread count a run uses: `threads`, or 1 in deterministic mode, else torch's
-    current default (None: leave it)."""
+    """The intra-op thread count a run uses: `threads`, or 1 in deterministic mode, else
+    auto_threads() (None: leave torch's count)."""
     if fusion.get("threads", "auto") != "auto":
         return int(fusion["threads"])
-    return 1 if fusion.get("deterministic") else None
+    return 1 if fusion.get("deterministic") else auto_threads()
+
+
+def auto_threads():
+    """`threads: auto`: one core fewer than the CPUs this process may run on (its affinity), at
+    least one. A thread pool as wide as the machine stalls at every barrier as soon as another
+    process takes one core: on this project's 2-core machine, busy with other jobs, a tiny-UNet
+    run took 2.2-9.5x as long with 2 threads as with 1 (benchmarks/README.md, "threads: auto"). Where
+    OMP_NUM_THREADS is set (torchrun sets it to 1 per rank), torch's count already follows it:
+    None."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus - 1)
 
 
 def prepare_device(fusion, device):

@@ -5,6 +5,7 @@ never sees half a file and an interrupted write leaves the previous version inta
 """
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -16,6 +17,18 @@ def _read_umask():
 
 
 _UMASK = _read_umask()
+
+
+@contextmanager
+def naming(path):
+    """A failed write() names no file ("[Errno 27] File too large", "No space left on device"):
+    within, such an OSError is raised again naming `path`."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def publish(tmp, path):
@@ -38,7 +51,7 @@ def write_atomic(path, save, before_publish=None):
     # The .tmp suffix keeps a leftover (after a kill) from being taken for an image by any reader.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with naming(path), os.fdopen(fd, "wb") as handle:
             save(handle)
         if before_publish is not None:
             before_publish()

@@ -19,6 +19,13 @@ PRIOR_FREE_WHY = ("the prior-free Bayesian fusion runs on the CPU at the source 
                   "release's fixed parameters and rounding, without a UNet or a sampler")
 
 
+def prior_free_ignored(fusion):
+    """The fusion keys a prior-free run ignores: CCF's own too when the config asked for CCF."""
+    if fusion["method"] != "ccf":
+        return PRIOR_FREE_IGNORED
+    return PRIOR_FREE_IGNORED + ("method",) + tuple(sorted(k for k in fusion if k.startswith("ccf_")))
+
+
 def versions():
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "platform": platform.platform()}
@@ -46,7 +53,7 @@ def record_header(config, prior_info, fingerprint, save_dir):
     if fusion["method"] != "ccf":  # CCF has no DDFM variant
         header["variant"] = fusion["variant"]
     if prior_info["prior"] == "none":
-        ignored = {key: fusion[key] for key in PRIOR_FREE_IGNORED}
+        ignored = {key: fusion[key] for key in prior_free_ignored(fusion)}
         ignored.update(seed=header["seed"], model=dict(config.model), diffusion=dict(config.diffusion))
         header = {"configs": {"fusion": {k: v for k, v in fusion.items() if k not in ignored}},
                   "prior": prior_info, "ignored": {"keys": ignored, "why": PRIOR_FREE_WHY}}

@@ -58,6 +58,13 @@ def list_images(folder):
     return found
 
 
+def _not_files(folder):
+    """{stem: path} of entries named like images that are not regular files (a folder, a pipe):
+    reported as such, never read (a pipe would block) nor taken for a missing image."""
+    return {path.stem: path for path in sorted(Path(folder).iterdir())
+            if path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_file()}
+
+
 def _duplicate_message(stem, paths):
     """One line naming every file of a folder that shares a stem."""
     others = ", ".join(str(p) for p in paths[1:])
@@ -78,11 +85,15 @@ def find_pairs(input_dir, modalities):
     a_files, b_files = (list_images(f) for f in folders)
     if not a_files and not b_files:
         raise FusionInputError(f"{folders[0]} and {folders[1]}: no images found")
+    not_files = [_not_files(f) for f in folders]
     pairs, problems = [], []
-    for stem in sorted(set(a_files) | set(b_files)):
+    for stem in sorted(set(a_files) | set(b_files) | set(not_files[0]) | set(not_files[1])):
         duplicates = [f[stem] for f in (a_files, b_files) if len(f.get(stem, ())) > 1]
+        odd = [entries[stem] for entries in not_files if stem in entries]
         if duplicates:
             problems.extend((stem, _duplicate_message(stem, paths)) for paths in duplicates)
+        elif odd:
+            problems.append((stem, f"{odd[0]}: not a regular file (a folder or pipe named like an image)"))
         elif stem not in b_files:
             problems.append((stem, f"{a_files[stem][0]}: no partner image '{stem}.*' in {folders[1]}"))
         elif stem not in a_files:
@@ -108,15 +119,17 @@ def read_image(path, data=None):
     huge image, raises FusionInputError naming the file: one bad pair must not stop the run.
     """
     path = Path(path)
+    source = path if data is None else BytesIO(data)
     try:
-        with Image.open(path if data is None else BytesIO(data)) as image:
+        with Image.open(source) as image:
             data = decode_rgb8(image)
     except UnsupportedImageError as err:
         raise FusionInputError(f"{path}: {one_line(err)}") from None
     except Image.DecompressionBombError as err:
         raise FusionInputError(f"{path}: image too large to decode safely ({one_line(err)})") from None
     except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error, ...)
-        raise FusionInputError(f"{path}: cannot read image ({one_line(err)})") from None
+        reason = one_line(err).replace(f" {source!r}", "")  # Pillow names the buffer: the path says it
+        raise FusionInputError(f"{path}: cannot read image ({reason})") from None
     return _source(path, data)
 
 

@@ -50,7 +50,7 @@ def resolve_device(name):
     return device
 
 
-def resolve_prior(mode, model_config):
+def resolve_prior(mode, model_config, method="ddfm"):
     """Decide between 'adm' and 'none'; returns (kind, reason) or raises CheckpointError."""
     path = model_config.get("model_path")
     if mode == "none":
@@ -60,7 +60,7 @@ def resolve_prior(mode, model_config):
     if mode == "adm":
         raise CheckpointError(missing_file_message(path))
     return "none", (f"checkpoint {path} not found: running the PRIOR-FREE Bayesian fusion "
-                    f"(not DDFM); see README 'Getting the checkpoint'")
+                    f"(not {method.upper()}); see README 'Getting the checkpoint'")
 
 
 class PriorModel(torch.nn.Module):

@@ -12,10 +12,10 @@ from pathlib import Path
 from ddfm import distributed, io, postrun
 from ddfm.build import build_fuser
 from ddfm.datasets.layouts import InputFolderError, find_modality_folders
-from ddfm.fingerprint import PRIOR_FREE_IGNORED, PRIOR_FREE_WHY, output_fingerprint, record_header
+from ddfm.fingerprint import PRIOR_FREE_WHY, output_fingerprint, prior_free_ignored, record_header
 from ddfm.messages import RunError, one_line
 from ddfm.savefolder import journal, lock as folder_lock
-from ddfm.savefolder.hashes import HashCache, content_hash
+from ddfm.savefolder.hashes import content_hash
 from ddfm.savefolder.layout import Layout
 from ddfm.savefolder.record import build_record, write_record
 from ddfm.savefolder.resume import FolderState, drop_unfused, pair_sources
@@ -167,7 +167,7 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
         log(f"error: {message}")
     fuser, prior_info = build_fuser(config, log)
     if fuser.prior_free:
-        log(f"prior-free: these settings have no effect: {', '.join(PRIOR_FREE_IGNORED)}, seed, the "
+        log(f"prior-free: these settings have no effect: {', '.join(prior_free_ignored(fusion))}, seed, the "
             f"model and diffusion configs ({PRIOR_FREE_WHY})")
         if fusion["record"]:
             log("record: the prior-free fusion has no sampling steps to record")
@@ -190,7 +190,8 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
             fuse_pairs(fuser, mine, layout, runlog, progress)
             finished = True
         finally:  # also after Ctrl-C or SIGTERM: run.json says what is on disk
-            record = finish(layout, header, run_id, runlog, {p.stem for p in pairs} if finished else None, log)
+            record = finish(layout, header, run_id, runlog, {p.stem for p in pairs} if finished else None,
+                            overwrite, log)
         outcome = Outcome(record)
         if rank == 0:
             method = fusion["method"].upper() if prior_info["prior"] == "adm" else "prior-free"
@@ -202,19 +203,19 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
         lock.release()
 
 
-def finish(layout, header, run_id, runlog, stems, log):
+def finish(layout, header, run_id, runlog, stems, overwrite, log):
     """After the last image (stems: this finished run's pairs) or an interruption (None), once
-    all ranks of a finished run are done: rank 0 removes what this --overwrite run set aside and
-    will never replace, and writes run.json from the journal. An unwritable run.json is one error
+    all ranks of a finished run are done: rank 0 removes what this run (or, for --overwrite, any
+    run) set aside and will never replace, and writes run.json from the journal. An unwritable run.json is one error
     line; the images and the journal stay as they are."""
     rank = distributed.rank_and_world()[0]
     if stems is not None:
         distributed.barrier()
     if rank == 0 and stems is not None and layout.replaced.is_dir():
-        state = FolderState(layout, HashCache(layout.hash_cache))
-        _, kept = drop_unfused(layout, state, run_id, stems)
+        state = FolderState(layout)
+        _, kept = drop_unfused(layout, state, run_id, stems, overwrite)
         if kept:
-            log(f"{kept} earlier image(s) stay set aside in {layout.aside(run_id)} until their pair "
+            log(f"{kept} earlier image(s) stay set aside in {layout.replaced} until their pair "
                 f"is fused again")
     record = build_record(layout, header, run_id, runlog.failed)
     if rank > 0:

@@ -13,6 +13,19 @@ sys.path.insert(0, str(ROOT))
 # The goldens were produced with one thread; two threads stay well inside every tolerance,
 # but pinning keeps the numbers reproducible across machines.
 torch.set_num_threads(int(os.environ.get("DDFM_TEST_THREADS", "1")))
+# `threads: auto` keeps torch's count where OMP_NUM_THREADS is set (ddfm.determinism.auto_threads):
+# so the pin holds during fusion too, and children the tests start get it as well.
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("DDFM_TEST_THREADS", "1"))
+
+
+@pytest.fixture(autouse=True)
+def _end_children():
+    """Whatever a test does or fails, the child processes it started do not outlive it."""
+    from helpers import end_children
+    try:
+        yield
+    finally:
+        end_children()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,7 @@
-"""Small shared helpers for the tests: paths, the tiny-model config, writing image pairs."""
+"""Small shared helpers for the tests: paths, the tiny-model config, writing image pairs, child
+processes."""
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +46,31 @@ def make_dataset(root, pairs, mods=("ir", "vi")):
         write_png(Path(root) / mods[0] / f"{stem}.png", a)
         write_png(Path(root) / mods[1] / f"{stem}.png", b)
     return Path(root)
+
+
+# Every child a test starts with start_child; conftest's end_children kills those still running
+# when the test ends, whatever happened in it.
+CHILDREN = []
+
+
+def _default_signals():
+    """In the child, before exec: SIGINT as a terminal would deliver it. A shell that starts the
+    suite in the background (`pytest &` in a script) ignores SIGINT, and an ignored signal stays
+    ignored across exec: the child would never stop on the test's SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_child(args, **kwargs):
+    """subprocess.Popen with default SIGINT handling, ended when the test ends."""
+    proc = subprocess.Popen(args, preexec_fn=_default_signals, **kwargs)
+    CHILDREN.append(proc)
+    return proc
+
+
+def end_children():
+    """Kill and reap every child started with start_child that is still running."""
+    while CHILDREN:
+        proc = CHILDREN.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -4,10 +4,18 @@
     python tests/seamed_sample.py kill N ...           SIGKILL itself right after its N-th journal line
     python tests/seamed_sample.py kill-drop N ...      SIGKILL itself before removing its N-th replaced image
     python tests/seamed_sample.py hold-postrun ...     stop in the evaluate/report step until a signal
+    python tests/seamed_sample.py pause-mkdir FLAG ... stop in the mkdir of --save_dir (after the start
+                                                       saw it missing) until FLAG exists; FLAG.paused
+                                                       says it is waiting
+    python tests/seamed_sample.py interrupt-import ... SIGINT itself while main() imports ddfm.run
+
+A held child ends when its parent (the test) is gone, so a killed test run leaves none behind.
 
 The production code has no hook: the seam wraps its functions here.
 """
+import builtins
 import os
+import pathlib
 import signal
 import sys
 import time
@@ -20,9 +28,44 @@ from ddfm.savefolder import journal, layout, writer  # noqa: E402
 from ddfm.savefolder.writer import RunJournal  # noqa: E402
 
 
+PARENT = os.getppid()
+
+
 def wait_forever():
-    while True:
+    while os.getppid() == PARENT:
         time.sleep(0.05)
+    sys.exit("seamed_sample: the test that started this run is gone")
+
+
+def wait_for(flag):
+    Path(f"{flag}.paused").touch()
+    while not Path(flag).exists():
+        if os.getppid() != PARENT:
+            sys.exit("seamed_sample: the test that started this run is gone")
+        time.sleep(0.02)
+
+
+def pause_in_mkdir(flag, save_dir):
+    """The first mkdir of the save folder waits for `flag`: the start has seen the folder missing
+    and has not made it yet (the window of two starts racing for a new folder)."""
+    mkdir, target, paused = pathlib.Path.mkdir, Path(save_dir).absolute(), [False]
+
+    def held(self, *args, **kwargs):
+        if not paused[0] and self.absolute() == target:
+            paused[0] = True
+            wait_for(flag)
+        return mkdir(self, *args, **kwargs)
+    pathlib.Path.mkdir = held
+
+
+def interrupt_import(name):
+    real_import = builtins.__import__
+
+    def interrupted(module, *args, **kwargs):
+        if module == name:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_import(module, *args, **kwargs)
+    builtins.__import__ = interrupted
 
 
 def hold_after_images(count):
@@ -76,7 +119,11 @@ if __name__ == "__main__":
         kill_after_lines(int(sys.argv[2]))
     elif mode == "kill-drop":
         kill_before_drops(int(sys.argv[2]))
+    elif mode == "pause-mkdir":
+        pause_in_mkdir(sys.argv[2], sys.argv[sys.argv.index("--save_dir") + 1])
+    elif mode == "interrupt-import":
+        interrupt_import("ddfm.run")
     else:
         hold_in_postrun()
     import sample
-    sys.exit(sample.main(sys.argv[2 if mode == "hold-postrun" else 3:]))
+    sys.exit(sample.main(sys.argv[2 if mode in ("hold-postrun", "interrupt-import") else 3:]))

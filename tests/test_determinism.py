@@ -12,7 +12,7 @@ import torch
 
 import ddfm
 import sample
-from ddfm import io
+from ddfm import determinism, io
 from helpers import ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair, read_png
 
 TINY = {"model_config": TINY_MODEL_CONFIG, "model_path": str(TINY_WEIGHTS), "prior": "adm",
@@ -85,7 +85,19 @@ def test_threads_key_applies_during_fusion_and_is_restored(monkeypatch):
     assert seen == [1] and torch.get_num_threads() == before
     assert fuser.provenance(4)["threads"] == 1 and fuser.provenance(4)["batch_size"] == 4
     assert ddfm.load_fuser(log=lambda message: None, **TINY, deterministic=True).threads == 1
-    assert ddfm.load_fuser(log=lambda message: None, **TINY).threads is None  # torch's default
+    assert ddfm.load_fuser(log=lambda message: None, **TINY).threads == determinism.auto_threads()
+
+
+def test_threads_auto_leaves_a_core_of_the_affinity_free(monkeypatch):
+    """A pool as wide as the machine stalls when another process holds a core (issue 25 item 7)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for cpus, threads in (({0, 1, 2, 3}, 3), ({0, 1}, 1), ({5}, 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cpus=cpus: cpus)
+        assert determinism.resolved_threads({"threads": "auto"}) == threads
+    assert determinism.resolved_threads({"threads": "auto", "deterministic": True}) == 1
+    assert determinism.resolved_threads({"threads": 4}) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's per-rank setting: torch follows it
+    assert determinism.resolved_threads({"threads": "auto"}) is None
 
 
 @pytest.fixture(scope="module")

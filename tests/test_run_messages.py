@@ -1,6 +1,8 @@
 """sample.py's remaining failure modes as one line (issue 12 items 6-7) and an honest account of
 what a run did (issue 10 items 4-5): ignored settings, counts, modality folders, the API's notice."""
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,60 @@ def test_python_api_announces_the_prior_once_per_process(tmp_path):
     for _ in range(3):
         ddfm.fuse(a, b, model_path=str(tmp_path / "absent.pt"), log=heard.append)
     assert len(heard) == 1 and "PRIOR-FREE" in heard[0]
+
+
+def test_a_write_that_is_too_large_names_its_file(tmp_path, dataset, capsys):
+    """RLIMIT_FSIZE (ulimit -f) makes write() fail with EFBIG, an error that names no file."""
+    import resource
+
+    limit, codes = resource.getrlimit(resource.RLIMIT_FSIZE), []
+    try:
+        for size, folder in ((150, "start"), (400, "pairs")):  # the start's files fit only in 400
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size, limit[1]))
+            codes.append(run_cli(tmp_path, "prior=none", save_dir=tmp_path / folder))
+            resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    lines = error_lines(capsys)
+    assert codes == [2, 1] and len(lines) == 4, lines
+    assert re.fullmatch(rf"error: {tmp_path / 'start'}/(run\.lock|journal\.jsonl): output folder is not "
+                        rf"writable \(File too large\)", lines[0])
+    for stem, line in zip(("p1", "p2"), lines[1:3]):
+        assert line == f"error: {stem}: [Errno 27] File too large: '{tmp_path / 'pairs' / 'recon' / stem}.png'"
+    assert "run.json: cannot write the run record (File too large)" in lines[3]
+
+
+def test_an_unreadable_image_is_named_without_a_buffer_address(tmp_path, dataset, capsys):
+    (dataset / "vi" / "p2.png").write_bytes(b"this is no image")
+    assert run_cli(tmp_path, "prior=none") == 1
+    assert error_lines(capsys) == [f"error: {dataset / 'vi' / 'p2.png'}: cannot read image "
+                                   f"(cannot identify image file)"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_pipe_named_like_an_image_is_named_itself(tmp_path, dataset, capsys, kind):
+    odd = dataset / "vi" / "p3.png"
+    write_png(dataset / "ir" / "p3.png", random_pair(76, 40, 40)[0])
+    odd.mkdir() if kind == "folder" else os.mkfifo(odd)
+    assert run_cli(tmp_path, "prior=none") == 1
+    assert error_lines(capsys) == [f"error: {odd}: not a regular file (a folder or pipe named like an image)"]
+    assert record_of(tmp_path / "out")["counts"]["fused"] == 2
+
+
+def test_the_ccf_preset_without_a_checkpoint_says_what_it_is_not_and_ignores(tmp_path, dataset, capsys):
+    from helpers import ROOT
+    assert run_cli(tmp_path, "--fusion_config", str(ROOT / "configs" / "fusion_ccf.yaml"),
+                   f"model_path={tmp_path / 'absent.pt'}") == 0
+    err = capsys.readouterr().err
+    assert "PRIOR-FREE Bayesian fusion (not CCF)" in err and "(not DDFM)" not in err
+    ignored = next(line for line in err.splitlines() if "no effect" in line)
+    assert "method" in ignored and "ccf_lr" in ignored and "ccf_conditions" in ignored
+    keys = record_of(tmp_path / "out")["ignored"]["keys"]
+    assert keys["method"] == "ccf" and "ccf_topk" in keys
+
+
+def test_overwrite_help_says_the_images_are_set_aside(capsys):
+    with pytest.raises(SystemExit):
+        sample.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "set aside in recon/.replaced/" in help_text and "first delete" not in help_text

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import sample
-from helpers import ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair, read_png
+from helpers import ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair, read_png, start_child
 
 TINY = ["--model_config", str(TINY_MODEL_CONFIG), f"model_path={TINY_WEIGHTS}", "prior=adm",
         "timestep_respacing=2", "device=cpu"]
@@ -52,9 +52,9 @@ def main(inputs, save_dir, *args):
 def seamed(inputs, save_dir, seam, *args):
     """sample.py in a child process through tests/seamed_sample.py; seam: its mode (and count)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "seamed_sample.py"), *seam,
-                             "--input_dir", str(inputs), "--save_dir", str(save_dir), "--quiet", *TINY, *args],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    return start_child([sys.executable, str(ROOT / "tests" / "seamed_sample.py"), *seam,
+                        "--input_dir", str(inputs), "--save_dir", str(save_dir), "--quiet", *TINY, *args],
+                       cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
 
 
 def start_held(inputs, save_dir, hold, *args):
@@ -146,6 +146,19 @@ def test_interrupted_overwrite_never_leaves_a_mix(inputs, clean, tmp_path, capsy
     record = assert_truthful(out, clean)
     assert len(record["fused"]) == 6 and record["counts"]["skipped"] == 2
     assert {image["settings"] for image in record["fused"].values()} == {record["settings_key"]}
+
+
+def test_a_child_started_where_sigint_is_ignored_still_stops_on_sigint(inputs, clean, tmp_path):
+    """`pytest &` from a script ignores SIGINT, and children would inherit that: each child the
+    tests start gets SIGINT back as a terminal delivers it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = start_held(inputs, tmp_path / "out", 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    code, err = stop(proc, signal.SIGINT)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert len(assert_truthful(tmp_path / "out", clean)["fused"]) == 1
 
 
 def test_a_second_run_on_the_same_folder_is_refused(inputs, clean, tmp_path, capsys):

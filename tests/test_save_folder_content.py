@@ -21,8 +21,6 @@ import sample
 from helpers import ROOT, make_dataset, random_pair, read_png, write_png
 from test_save_folder import clean_runs, error_lines, main, record_of, seamed
 
-from ddfm.savefolder import hashes as hashes_module
-from ddfm.savefolder.hashes import HashCache
 from ddfm.savefolder.layout import Layout
 from ddfm.savefolder.resume import FolderState, drop_replaced
 
@@ -75,35 +73,13 @@ def test_an_image_edited_in_recon_is_fused_again(inputs, clean, tmp_path, capsys
     assert record_of(out)["counts"]["fused"] == 1
 
 
-def test_the_hash_cache_trusts_no_timestamp_alone(tmp_path, monkeypatch):
-    monkeypatch.setattr(hashes_module, "RACY_NS", 0)  # no 2 s wait: every file counts as settled
-    path = write_png(tmp_path / "a.png", random_pair(1, 16, 16)[0])
-    cache = HashCache(tmp_path / "cache.json")
-    first = cache.file_hash(path)
-    cache.save()
-    cache = HashCache(tmp_path / "cache.json")
-    entry = cache.entries[str(path)]
-    entry[5] = "f" * 32  # a cached value is used while size, mtime, ctime and inode stand
-    assert cache.file_hash(path) == "f" * 32
-    mtime = path.stat().st_mtime_ns
-    write_png(path, 255 - random_pair(1, 16, 16)[0])
-    os.utime(path, ns=(mtime, mtime))  # mtime put back: ctime still moved
-    assert cache.file_hash(path) not in ("f" * 32, first)
-
-
-def test_a_fresh_file_is_not_cached(tmp_path):
-    path = write_png(tmp_path / "a.png", random_pair(2, 16, 16)[0])
-    cache = HashCache(tmp_path / "cache.json")
-    assert cache.file_hash(path) and str(path) not in cache.entries  # changed under 2 s ago
-
-
 def _invariant(out, clean, old_seed, new_seed):
     """After the start's clean-up: each stem has exactly one image, in recon/ (matching its journal
     line and its settings' clean run) or set aside (the old one)."""
     layout = Layout(out)
-    state = FolderState(layout, HashCache(layout.hash_cache))
+    state = FolderState(layout)
     drop_replaced(layout, state)
-    state = FolderState(layout, HashCache(layout.hash_cache))
+    state = FolderState(layout)
     assert not state.unrecorded and not state.changed
     seeds = {key: line["fingerprint"]["diffusion"]["seed"] for key, line in state.settings.items()}
     aside = {path.stem: path for path, _ in state.aside}

@@ -4,6 +4,6 @@
              and the moves of images an --overwrite run sets aside
     lock     the flock held for the whole run, evaluation and report included
     journal  the append-only journal.jsonl: its line format, written and read back
-    hashes   content hashes of sources and images, with a cache that never trusts mtime alone
+    hashes   content hashes of sources and images (always read: no timestamp vouches for bytes)
     resume   what the folder holds, what a run may skip, what it must refuse, run.json's content
 """

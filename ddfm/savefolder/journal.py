@@ -21,6 +21,8 @@ import os
 import socket
 import time
 
+from ddfm.files import naming
+
 
 def settings_key(fingerprint):
     """A short name for a fingerprint: equal settings, equal key."""
@@ -37,8 +39,11 @@ def append(path, event):
     data = (json.dumps(event, default=str) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        with naming(path):
+            written = os.write(fd, data)
+            if written < len(data):  # a file-size limit or a full disk cut the line: the rest raises
+                os.write(fd, data[written:])
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -80,7 +85,7 @@ def read_events(path, warn=None):
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         try:
             event = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply to be a journal line
             continue
         if not isinstance(event, dict) or not isinstance(event.get("event"), str):
             continue

@@ -7,7 +7,6 @@
     <save_dir>/run.json                 rebuilt from the journal at the end of every run
     <save_dir>/metrics.json, report/    the post-run evaluation and report
     <save_dir>/run.lock                 held for the whole run (ddfm.savefolder.lock)
-    <save_dir>/.hashes.json             the content-hash cache (ddfm.savefolder.hashes)
 
 Kept free of heavy imports: evaluate.py and table.py read the names from here.
 """
@@ -20,7 +19,7 @@ from ddfm.files import write_atomic
 
 RECON, PROGRESS, REPLACED = "recon", "progress", ".replaced"
 JOURNAL, RECORD, METRICS, REPORT = "journal.jsonl", "run.json", "metrics.json", "report"
-LOCK, HASH_CACHE = "run.lock", ".hashes.json"
+LOCK, OLD_HASH_CACHE = "run.lock", ".hashes.json"  # the hash cache of earlier versions
 
 
 class Layout:
@@ -30,7 +29,7 @@ class Layout:
         self.root = Path(save_dir)
         self.recon, self.progress, self.report = self.root / RECON, self.root / PROGRESS, self.root / REPORT
         self.journal, self.record, self.metrics = self.root / JOURNAL, self.root / RECORD, self.root / METRICS
-        self.lock, self.hash_cache = self.root / LOCK, self.root / HASH_CACHE
+        self.lock, self.old_hash_cache = self.root / LOCK, self.root / OLD_HASH_CACHE
         self.replaced = self.recon / REPLACED
 
     def image(self, stem):
@@ -61,7 +60,8 @@ class Layout:
 
 def remove_leftovers(layout):
     """Temporary files of a killed run (files.write_atomic): never images."""
-    patterns = [(layout.root, ".*.tmp"), (layout.recon, ".*.tmp"), (layout.progress, "**/.*.tmp")]
+    patterns = [(layout.root, ".*.tmp"), (layout.recon, ".*.tmp"), (layout.progress, "**/.*.tmp"),
+                (layout.report, "**/.*.tmp")]
     removed = 0
     for folder, pattern in patterns:
         for path in folder.glob(pattern) if folder.is_dir() else []:
@@ -116,7 +116,7 @@ def read_json(path):
     """A JSON file, or None when it is absent or unreadable."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         return None
 
 

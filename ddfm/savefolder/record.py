@@ -1,7 +1,6 @@
 """run.json: the journal's account of the folder, rebuilt at the end of every run (rank 0)."""
 from pathlib import Path
 
-from ddfm.savefolder.hashes import HashCache
 from ddfm.savefolder.layout import write_json_atomic
 from ddfm.savefolder.resume import FolderState
 
@@ -10,7 +9,7 @@ def build_record(layout, header, run_id, failed=None):
     """Every image in recon/ with its settings, seconds, sources and content hashes; skipped and
     failed are this run's (run_id; `failed` adds those the journal could not take); counts as the
     end-of-run line prints them."""
-    state = FolderState(layout, HashCache(layout.hash_cache))
+    state = FolderState(layout)
     fused = {Path(name).stem: {"seconds": e.get("seconds"), "settings": e["key"], "sources": e.get("sources"),
                                "source_hashes": e.get("source_hashes"), "hash": e.get("hash"),
                                "run": e.get("run"), "made_with": e.get("made_with")}

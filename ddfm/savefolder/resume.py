@@ -13,6 +13,7 @@ from pathlib import Path
 from ddfm.messages import RunError
 from ddfm.metrics_io import IMAGE_EXTENSIONS
 from ddfm.savefolder import journal, layout as folder
+from ddfm.savefolder.hashes import file_hash
 
 
 class FolderState:
@@ -25,7 +26,7 @@ class FolderState:
     journal). aside: images set aside by --overwrite runs, with the run that set each aside.
     """
 
-    def __init__(self, layout, hashes, warn=None):
+    def __init__(self, layout, warn=None):
         self.events = journal.read_events(layout.journal, warn)
         self.settings = {e["key"]: e for e in self.events if e["event"] == "settings"}
         lines = {}
@@ -39,7 +40,7 @@ class FolderState:
             if path.name not in lines:
                 self.unrecorded.append(path.name)
                 continue
-            record = _matching_line(lines[path.name], lambda: hashes.file_hash(path))
+            record = _matching_line(lines[path.name], lambda: file_hash(path))
             if record is None:
                 self.changed[path.name] = f"{path} changed since it was written"
             else:
@@ -49,12 +50,12 @@ class FolderState:
         self.aside = [(path, set_aside_at.get((path.parent, path.name))) for path in layout.aside_images()]
 
 
-def _matching_line(lines, file_hash):
+def _matching_line(lines, hash_now):
     digest = None
     for line in reversed(lines):
         if "hash" not in line:
             return line
-        digest = file_hash() if digest is None else digest
+        digest = hash_now() if digest is None else digest
         if line["hash"] == digest:
             return line
     return None
@@ -104,19 +105,19 @@ def _refuse_mixing(layout, state, other, unknown, moved, fingerprint):
                        f"this input); {fix}")
 
 
-def changed_since_fused(record, pair, hashes):
+def changed_since_fused(record, pair):
     """Why an image journaled with this run's settings and sources is not fused any more (None
     when its sources still hash as journaled; the image's own bytes were matched by FolderState)."""
     journaled = record.get("source_hashes")
     if journaled is None or "hash" not in record:
         return f"{record['file']} has no content hashes in the journal (written by an earlier sample.py)"
     for path, digest in zip((pair.a, pair.b), journaled):
-        if hashes.file_hash(path) != digest:
+        if file_hash(path) != digest:
             return f"{path} changed since {record['file']} was fused from it"
     return None
 
 
-def plan_resume(layout, state, pairs, key, fingerprint, overwrite, hashes, log):
+def plan_resume(layout, state, pairs, key, fingerprint, overwrite, log):
     """Split the pairs into (todo, skipped) stems and list the images of recon/ to set aside.
 
     With --overwrite every pair is redone and every image it replaces, or that would mix, is set
@@ -137,7 +138,7 @@ def plan_resume(layout, state, pairs, key, fingerprint, overwrite, hashes, log):
     for pair in pairs:
         name = f"{pair.stem}.png"
         if name in state.records:
-            reason = changed_since_fused(state.records[name], pair, hashes)
+            reason = changed_since_fused(state.records[name], pair)
             if reason is not None:
                 changed[name] = reason
     if changed:
@@ -162,11 +163,12 @@ def drop_replaced(layout, state):
     return removed
 
 
-def drop_unfused(layout, state, run_id, stems):
-    """At the end of a finished --overwrite run: the images it set aside whose stem is not among
-    its pairs will never be replaced, and --overwrite removes them (as it promised). Those of its
-    pairs that failed stay aside. Returns (removed, still aside)."""
-    mine = [path for path, _ in state.aside if path.parent == layout.aside(run_id)]
+def drop_unfused(layout, state, run_id, stems, overwrite):
+    """At the end of a finished run: the images it set aside whose stem is not among its pairs
+    will never be replaced, and --overwrite removes them (as it promised); a finished --overwrite
+    also removes those that earlier, killed --overwrite runs set aside. Those of its pairs that
+    failed stay aside. Returns (removed, still aside)."""
+    mine = [path for path, _ in state.aside if overwrite or path.parent == layout.aside(run_id)]
     gone = [path for path in mine if Path(path.name).stem not in stems]
     for path in gone:
         folder.drop(layout, path)
