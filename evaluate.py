@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddfm.evaluation import (EvaluationError, UsageError, evaluate_protocols, format_table, list_images,
+from ddfm.metrics.evaluation import (EvaluationError, UsageError, evaluate_protocols, format_table, list_images,
                              write_csv, write_json)
 from ddfm.metrics import ALL_PROTOCOLS, PROTOCOL_ALIASES
 from ddfm.savefolder.layout import RECON as SAVE_FOLDER_IMAGES  # sample.py's fused images inside --save_dir
@@ -157,7 +157,7 @@ def main(argv=None):
         if args.csv:
             write_csv(results, args.csv)
         if args.report:
-            from ddfm.report import write_report
+            from ddfm.present.report import write_report
             print(f"report: {write_report(args.report, results, args.a, args.b, fused)}", file=sys.stderr)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,13 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddfm.evaluation import EvaluationError, UsageError
+from ddfm.metrics.evaluation import EvaluationError, UsageError
 from ddfm.files import write_atomic
 from ddfm.metrics import ALL_PROTOCOLS, PROTOCOL_ALIASES
-from ddfm.published import dialect_mismatches, load_published, select_published
-from ddfm.table import build_table
-from ddfm.table_inputs import collect_inputs, discover_layout
-from ddfm.table_render import render_csv, render_latex, render_markdown
+from ddfm.present.published import dialect_mismatches, load_published, select_published
+from ddfm.present.table import build_table
+from ddfm.present.results import collect_inputs, discover_layout
+from ddfm.present.formats import render_csv, render_latex, render_markdown
 
 FORMATS = (".tex", ".md", ".csv")
 
@@ -72,7 +72,7 @@ def build_parser():
     add("--std", action="store_true", help="show mean ± sample std (default: mean only)")
     add("--transpose", action="store_true", help="datasets and metrics as rows, methods as columns")
     add("--published", type=_names, default=[], metavar="NAME,...",
-        help="add published rows (ddfm/data/published_results.yaml), e.g. DDFM,CDDFuse")
+        help="add published rows (ddfm/present/data/published_results.yaml), e.g. DDFM,CDDFuse")
     add("--allow-dialect-mismatch", action="store_true",
         help="show published rows computed in another dialect than the table's (marked)")
     add("--rank", default="measured", metavar="measured|all|NAME,...",

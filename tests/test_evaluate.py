@@ -1,4 +1,4 @@
-"""evaluate.py and ddfm.evaluation end to end on small temporary folders (and the MRI_CT golden)."""
+"""evaluate.py and ddfm.metrics.evaluation end to end on small temporary folders (and the MRI_CT golden)."""
 import csv
 import json
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import evaluate
-from ddfm.evaluation import EvaluationError, evaluate_folders, format_table
+from ddfm.metrics.evaluation import EvaluationError, evaluate_folders, format_table
 from ddfm.metrics import METRICS, compute_metrics, read_luma
 
 ROOT = Path(__file__).resolve().parent.parent

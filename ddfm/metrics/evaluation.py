@@ -22,9 +22,9 @@ from PIL import Image
 from scipy import fft
 
 from ddfm.messages import one_line
-from ddfm.metrics import ALL_PROTOCOLS, canonical_protocol, compute_metrics, protocol_metrics
-from ddfm.metrics_io import IMAGE_EXTENSIONS, decode_rgb8, luma_from_rgb8
-from ddfm.metrics_tang import matlab_grey_from_rgb8
+from ddfm.metrics.reference import ALL_PROTOCOLS, canonical_protocol, compute_metrics, protocol_metrics
+from ddfm.metrics.images import IMAGE_EXTENSIONS, decode_rgb8, luma_from_rgb8
+from ddfm.metrics.tang import matlab_grey_from_rgb8
 
 
 class EvaluationError(Exception):
