@@ -17,7 +17,7 @@ from pathlib import Path
 from ddfm.metrics.evaluation import EvaluationError
 from ddfm.present.figure import WIDTHS, FigureError, make_figure
 from ddfm.present.zoom import MAX_BOXES, PLACEMENTS, ZoomError, boxes_for, parse_box
-from evaluate import _parse_fused, add_folder_arguments, check_source_arguments, source_folders
+from ddfm.cli.evaluate import _parse_fused, add_folder_arguments, check_source_arguments, source_folders
 
 
 def _box(text):
@@ -128,7 +128,3 @@ def main(argv=None):
         return 1
     print(f"wrote {args.out} ({drawn.size[0]}x{drawn.size[1]} px)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -147,7 +147,3 @@ def main(argv=None):
         print(f"error: cannot write {getattr(err, 'filename', '') or 'output'}: {err.strerror or err}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
