@@ -15,9 +15,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddfm.metrics.evaluation import (EvaluationError, UsageError, evaluate_protocols, format_table, list_images,
-                             write_csv, write_json)
 from ddfm.metrics import ALL_PROTOCOLS, PROTOCOL_ALIASES
+from ddfm.metrics.evaluation import (
+    EvaluationError,
+    UsageError,
+    evaluate_protocols,
+    format_table,
+    list_images,
+    write_csv,
+    write_json,
+)
 from ddfm.savefolder.layout import RECON as SAVE_FOLDER_IMAGES  # sample.py's fused images inside --save_dir
 
 

@@ -14,10 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from ddfm.cli.evaluate import _parse_fused, add_folder_arguments, check_source_arguments, source_folders
 from ddfm.metrics.evaluation import EvaluationError
 from ddfm.present.figure import WIDTHS, FigureError, make_figure
 from ddfm.present.zoom import MAX_BOXES, PLACEMENTS, ZoomError, boxes_for, parse_box
-from ddfm.cli.evaluate import _parse_fused, add_folder_arguments, check_source_arguments, source_folders
 
 
 def _box(text):

@@ -15,13 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddfm.metrics.evaluation import EvaluationError, UsageError
 from ddfm.files import write_atomic
 from ddfm.metrics import ALL_PROTOCOLS, PROTOCOL_ALIASES
-from ddfm.present.published import dialect_mismatches, load_published, select_published
-from ddfm.present.table import build_table
-from ddfm.present.results import collect_inputs, discover_layout
+from ddfm.metrics.evaluation import EvaluationError, UsageError
 from ddfm.present.formats import render_csv, render_latex, render_markdown
+from ddfm.present.published import dialect_mismatches, load_published, select_published
+from ddfm.present.results import collect_inputs, discover_layout
+from ddfm.present.table import build_table
 
 FORMATS = (".tex", ".md", ".csv")
 

@@ -10,9 +10,22 @@ driver or `ddfm.present` (which builds on it). The names below are its public AP
 from ddfm.metrics.common import cc, en, scd, sd, sf, vifp_ratios
 from ddfm.metrics.evaluation import EvaluationError, UsageError, evaluate_folders, evaluate_protocols
 from ddfm.metrics.images import read_luma
-from ddfm.metrics.reference import (ALL_PROTOCOLS, METRICS, PROTOCOL_ALIASES, PROTOCOLS, ag,
-                                    canonical_protocol, compute_metrics, mi, mse, protocol_metrics,
-                                    psnr, qabf, ssim, vif)
+from ddfm.metrics.reference import (
+    ALL_PROTOCOLS,
+    METRICS,
+    PROTOCOL_ALIASES,
+    PROTOCOLS,
+    ag,
+    canonical_protocol,
+    compute_metrics,
+    mi,
+    mse,
+    protocol_metrics,
+    psnr,
+    qabf,
+    ssim,
+    vif,
+)
 
 __all__ = ["ALL_PROTOCOLS", "METRICS", "PROTOCOL_ALIASES", "PROTOCOLS", "EvaluationError", "UsageError",
            "ag", "canonical_protocol", "cc", "compute_metrics", "en", "evaluate_folders",

@@ -30,10 +30,14 @@ Protocol ``tang`` is the MATLAB toolkit many IVIF papers use (Linfeng-Tang/Evalu
 Fusion); its definitions, names and quirks are in ``ddfm.metrics.tang``. ``cddfuse`` is an alias
 of ``reference``.
 """
+from collections.abc import Iterable
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from ddfm.metrics import common, tang
+
 # Part of this module's public API: the definitions every protocol shares, and the file reader.
 from ddfm.metrics.common import cc, en, scd, sd, sf, vifp_ratios  # noqa: F401
 from ddfm.metrics.images import read_luma  # noqa: F401
@@ -50,7 +54,7 @@ def _check_protocol(protocol):
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 
-def canonical_protocol(name):
+def canonical_protocol(name: str) -> str:
     """'cddfuse' -> 'reference'; any other known protocol as it is; ValueError otherwise."""
     protocol = PROTOCOL_ALIASES.get(name, name)
     if protocol not in ALL_PROTOCOLS:
@@ -59,7 +63,7 @@ def canonical_protocol(name):
     return protocol
 
 
-def protocol_metrics(protocol, extras=False):
+def protocol_metrics(protocol: str, extras: bool = False) -> tuple[str, ...]:
     """The metric names a protocol computes by default (with ``extras``: also on request)."""
     if canonical_protocol(protocol) == "tang":
         return tang.TANG_METRICS + (tang.TANG_EXTRA if extras else ())
@@ -196,7 +200,8 @@ _PAIRED = {"SCD": scd, "VIF": vif, "CC": cc}
 _BY_PROTOCOL = {"MI": mi, "Qabf": qabf, "SSIM": ssim, "PSNR": psnr, "MSE": mse}
 
 
-def compute_metrics(a, b, fused, protocol="reference", metrics=None):
+def compute_metrics(a: ArrayLike, b: ArrayLike, fused: ArrayLike, protocol: str = "reference",
+                    metrics: Iterable[str] | None = None) -> dict[str, float]:
     """Metrics of one (A, B, F) triple of HxW grey-level arrays -> {name: float} in METRICS order.
 
     ``protocol``: reference (alias cddfuse), corrected, or tang (ddfm.metrics.tang: its metric
