@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ddfm.metrics.evaluation import EvaluationError, match_sources
 from ddfm.io import write_image_atomic
+from ddfm.metrics.evaluation import EvaluationError, match_sources
 from ddfm.metrics.images import read_luma
 
 BASELINES = {

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import evaluate
-from ddfm.metrics.evaluation import EvaluationError, evaluate_folders, format_table
 from ddfm.metrics import METRICS, compute_metrics, read_luma
+from ddfm.metrics.evaluation import EvaluationError, evaluate_folders, format_table
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "metrics"

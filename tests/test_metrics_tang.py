@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddfm.metrics import tang as T
+from ddfm.metrics import compute_metrics, read_luma, tang as T
 from ddfm.metrics.evaluation import evaluate_protocols
-from ddfm.metrics import compute_metrics, read_luma
 from test_metrics import _smooth_texture as _texture
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "metrics"

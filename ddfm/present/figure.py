@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddfm.present import zoom
-from ddfm.metrics.evaluation import EvaluationError, list_images, read_pixels
 from ddfm.files import write_atomic
+from ddfm.metrics.evaluation import EvaluationError, list_images, read_pixels
 from ddfm.metrics.images import luma_from_rgb8
+from ddfm.present import zoom
 
 # Figure widths in inches: one column / a full page of a two-column paper (IEEE/CVF).
 WIDTHS = {"column": 3.5, "page": 7.16}

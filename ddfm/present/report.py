@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddfm.metrics.evaluation import list_images
 from ddfm.files import write_atomic
+from ddfm.metrics.evaluation import list_images
 from ddfm.metrics.images import decode_rgb8
 
 # The one table of metric directions: True = higher is better, False = lower is better.

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ddfm.metrics.evaluation import EvaluationError, UsageError, evaluate_protocols, list_images
 from ddfm.metrics.reference import canonical_protocol
-from ddfm.savefolder.layout import METRICS as METRICS_FILE, RECON as SAVE_FOLDER_IMAGES  # sample.py's save folder
 from ddfm.present.table import TABLE_METRICS, DatasetResult
+from ddfm.savefolder.layout import METRICS as METRICS_FILE, RECON as SAVE_FOLDER_IMAGES  # sample.py's save folder
 
 _FORMAT = 'expected evaluate.py --json output: {"protocol", "methods"} or {"protocols": [...]}'
 
