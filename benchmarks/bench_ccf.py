@@ -26,9 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import guided_diffusion  # noqa: E402
 from ddfm import ccf  # noqa: E402
-from ddfm.conditions import (GREY_WEIGHTS, LAPLACIAN, SOBEL_H, SOBEL_V_RELEASED, ConditionBank,  # noqa: E402
-                             gaussian_window)
-
+from ddfm.conditions import GREY_WEIGHTS, LAPLACIAN, SOBEL_H, SOBEL_V_RELEASED, gaussian_window  # noqa: E402
 
 # --- the official-like step (from the reference's descriptions) ---------------------------------
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 def _triple():
     import numpy as np
+
     from ddfm.metrics import read_luma
 
     golden = ROOT / "tests" / "golden" / "metrics"

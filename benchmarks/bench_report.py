@@ -59,10 +59,10 @@ def run_case(case, data, out, pairs, methods):
     start = time.perf_counter()
     fused = {f"method{m}": data / f"method{m}" for m in range(methods)}
     if case == "report":
-        from ddfm.report import write_report
+        from ddfm.present.report import write_report
         write_report(out / "report", synthetic_results(pairs, methods), data / "ir", data / "vi", fused)
     else:
-        from ddfm.figure import make_figure
+        from ddfm.present.figure import make_figure
         five = {f"method{m % methods}_{m}": data / f"method{m % methods}" for m in range(5)}
         make_figure(data / "ir", data / "vi", five, ["000", "001", "002"], out / f"figure.{case[-3:]}",
                     zooms=[(100, 80, 60, 40), (400, 300, 50, 50)])

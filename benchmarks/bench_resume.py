@@ -15,18 +15,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 import sample
 from ddfm.config import load_config
 from ddfm.fingerprint import output_fingerprint, record_header
-from ddfm.io import encode_png
+from ddfm.io import Pair, encode_png
 from ddfm.savefolder.hashes import content_hash
 from ddfm.savefolder.journal import append, new_run_id
 from ddfm.savefolder.layout import Layout
 from ddfm.savefolder.resume import pair_sources
 from ddfm.savefolder.writer import RunJournal
-from ddfm.io import Pair
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import table as table_cli
-from ddfm.table import TABLE_METRICS
+from ddfm.present.table import TABLE_METRICS
 
 DATASETS, METHODS, PAIRS = ("TNO", "RoadScene", "MSRS"), [f"method{k}" for k in range(6)], 25
 

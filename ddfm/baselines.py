@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ddfm.evaluation import EvaluationError, match_sources
 from ddfm.io import write_image_atomic
-from ddfm.metrics_io import read_luma
+from ddfm.metrics.evaluation import EvaluationError, match_sources
+from ddfm.metrics.images import read_luma
 
 BASELINES = {
     "mean": lambda a, b: np.floor((a + b) / 2),

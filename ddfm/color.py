@@ -6,7 +6,7 @@ Two YCbCr flavours live here and must not be mixed up:
   official DDFM loop uses on x0 *inside* the sampling loop (ddfm_official.md §3, §4.5);
 * full-range BT.601 (JPEG / OpenCV) belongs to I/O: its luma weights (LUMA_WEIGHTS) give the
   chroma that ``ddfm.io.recombine_chroma`` keeps; the sources' 8-bit luma is OpenCV's exact float32
-  arithmetic, ``ddfm.metrics_io.luma_from_rgb8``.
+  arithmetic, ``ddfm.metrics.images.luma_from_rgb8``.
 
 Every matrix is a float64 module constant defined once below; functions cast where they use them.
 """

@@ -16,7 +16,7 @@ from PIL import Image
 from ddfm import color
 from ddfm.files import write_atomic
 from ddfm.messages import one_line
-from ddfm.metrics_io import IMAGE_EXTENSIONS, UnsupportedImageError, decode_rgb8, luma_from_rgb8
+from ddfm.metrics.images import IMAGE_EXTENSIONS, UnsupportedImageError, decode_rgb8, luma_from_rgb8
 
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
 # Floats within half a grey level of [0, 1] round into it; anything further out is not a [0,1] image.

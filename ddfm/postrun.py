@@ -2,9 +2,9 @@
 (`evaluate: true`, saved as metrics.json) and the HTML report (`report: true`, report/), from one
 evaluation."""
 from ddfm.ccf_record import condition_strips
-from ddfm.evaluation import EvaluationError, evaluate_protocols, format_table, write_json
 from ddfm.messages import one_line
-from ddfm.report import write_report
+from ddfm.metrics.evaluation import EvaluationError, evaluate_protocols, format_table, write_json
+from ddfm.present.report import write_report
 from ddfm.savefolder.layout import read_record
 
 

@@ -11,7 +11,7 @@ import torch
 import guided_diffusion
 from ddfm.config import ConfigError
 from ddfm.messages import one_line
-from guided_diffusion.checkpoint import CheckpointError, missing_file_message
+from guided_diffusion.checkpoint import CheckpointError, locate_checkpoint, missing_file_message, places_looked
 
 # dtype key -> (dtype the UNet's block convs are cast to once, autocast dtype). GroupNorm, the
 # timestep MLP, the output conv, the EM step and the sampler maths stay float32 in every mode.
@@ -52,14 +52,14 @@ def resolve_device(name):
 
 def resolve_prior(mode, model_config, method="ddfm"):
     """Decide between 'adm' and 'none'; returns (kind, reason) or raises CheckpointError."""
-    path = model_config.get("model_path")
+    path = locate_checkpoint(model_config.get("model_path"))  # as given, else under $DDFM_HOME
     if mode == "none":
         return "none", "prior=none: prior-free Bayesian fusion"
     if path and Path(path).is_file():
         return "adm", f"prior: {path}"
     if mode == "adm":
         raise CheckpointError(missing_file_message(path))
-    return "none", (f"checkpoint {path} not found: running the PRIOR-FREE Bayesian fusion "
+    return "none", (f"checkpoint {places_looked(path)} not found: running the PRIOR-FREE Bayesian fusion "
                     f"(not {method.upper()}); see README 'Getting the checkpoint'")
 
 

@@ -11,6 +11,7 @@ to extract, so a file is never accepted by guessing.
 """
 import hashlib
 import math
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -22,6 +23,9 @@ CHECKPOINT_FILENAME = "256x256_diffusion_uncond.pt"
 CHECKPOINT_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/" + CHECKPOINT_FILENAME
 DEFAULT_CHECKPOINT_PATH = "models/" + CHECKPOINT_FILENAME
 DOWNLOAD_COMMAND = "python -m guided_diffusion.download"
+# A folder where a relative model_path is also looked for (e.g. $DDFM_HOME/models/<file>), so an
+# installed package finds one checkpoint from any working directory.
+HOME_ENV = "DDFM_HOME"
 EXPECTED_NUM_TENSORS = 566
 EXPECTED_NUM_PARAMS = 552_814_086
 # Published by several independent users of the official file (Disco Diffusion's model map and
@@ -73,15 +77,46 @@ def _download_command(path, force=False):
     return f"`{command}`"
 
 
+def checkpoint_places(path):
+    """Where a model_path is looked for, in order: as given (a relative path from the working
+    directory), then, for a relative path, under $DDFM_HOME when it is set."""
+    path = Path(path).expanduser()
+    home = os.environ.get(HOME_ENV)
+    if path.is_absolute() or not home:
+        return [path]
+    return [path, Path(home).expanduser() / path]
+
+
+def locate_checkpoint(path):
+    """The first of checkpoint_places(path) that exists, else path as given (None stays None)."""
+    if not path:
+        return path
+    for place in checkpoint_places(path):
+        if place.exists():
+            return str(place)
+    return str(path)
+
+
+def places_looked(path):
+    """'models/x.pt (resolved: /cwd/models/x.pt; $DDFM_HOME not set)': where a missing file was sought."""
+    if not path:
+        return str(path)
+    where = Path(path).expanduser()
+    notes = [] if str(where) == str(where.resolve()) else [f"resolved: {where.resolve()}"]
+    if not where.is_absolute():
+        home = os.environ.get(HOME_ENV)
+        notes.append(f"nor under ${HOME_ENV}={home}" if home else f"${HOME_ENV} not set")
+    return f"{where} ({'; '.join(notes)})" if notes else str(where)
+
+
 def missing_file_message(path):
     """The one-line message for a checkpoint that is not on disk: where, how to get it, how to skip it."""
     where = Path(path)
-    resolved = where.resolve()
-    shown = str(where) if str(where) == str(resolved) else f"{where} (resolved: {resolved})"
     return (
-        f"checkpoint not found: {shown}; download it (about 2.2 GB) from {CHECKPOINT_URL} "
-        f"with {_download_command(where)}, or run with prior=none for the prior-free "
-        f"Bayesian fusion (no diffusion prior)"
+        f"checkpoint not found: {places_looked(where)}; download it (about 2.2 GB) from {CHECKPOINT_URL} "
+        f"with {_download_command(where)}, or put it in models/ under the working directory or under "
+        f"${HOME_ENV}, or set model_path; or run with prior=none for the prior-free Bayesian fusion "
+        f"(no diffusion prior)"
     )
 
 
@@ -121,7 +156,7 @@ def load_state_dict_file(path):
     Uses torch.load(path, map_location="cpu", weights_only=True). Only a plain dict whose keys are
     strings and whose values are tensors is accepted (see the module docstring about wrappers).
     """
-    path = Path(path)
+    path = Path(locate_checkpoint(path))
     if not path.exists():
         raise CheckpointError(missing_file_message(path))
     if not path.is_file():

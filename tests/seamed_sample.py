@@ -27,7 +27,6 @@ from ddfm import postrun  # noqa: E402
 from ddfm.savefolder import journal, layout, writer  # noqa: E402
 from ddfm.savefolder.writer import RunJournal  # noqa: E402
 
-
 PARENT = os.getppid()
 
 

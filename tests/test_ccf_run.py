@@ -150,6 +150,7 @@ def test_record_writes_frames_and_the_per_step_conditions(tmp_path):
 
 def test_ccf_keys_are_the_core_settings_with_the_released_defaults():
     from dataclasses import fields
+
     from ddfm.ccf import CCFSettings
     from ddfm.ccf_fusion import IO_KEYS, settings_from_fusion
     from ddfm.config import CCF_DEFAULTS, FUSION_DEFAULTS, read_yaml

@@ -320,3 +320,28 @@ def test_command_line_help_path_and_exit_codes(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ckpt, "verify_checkpoint", lambda path: checked.append(path) or (566, 10))
     assert ckpt.main([]) == 0
     assert checked == [ckpt.DEFAULT_CHECKPOINT_PATH] and "566 tensors" in capsys.readouterr().out
+
+
+def test_relative_model_path_is_found_under_ddfm_home_and_the_message_names_every_place(tmp_path, monkeypatch):
+    from ddfm.prior import resolve_prior
+
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    monkeypatch.delenv(ckpt.HOME_ENV, raising=False)
+    assert "$DDFM_HOME not set" in ckpt.missing_file_message(ckpt.DEFAULT_CHECKPOINT_PATH)
+    monkeypatch.setenv(ckpt.HOME_ENV, str(home))
+    message = ckpt.missing_file_message(ckpt.DEFAULT_CHECKPOINT_PATH)
+    assert f"nor under $DDFM_HOME={home}" in message and "models/ under the working directory" in message
+    assert "model_path" in message and "\n" not in message
+    assert ckpt.locate_checkpoint(ckpt.DEFAULT_CHECKPOINT_PATH) == ckpt.DEFAULT_CHECKPOINT_PATH  # nowhere: as given
+
+    in_home = home / ckpt.DEFAULT_CHECKPOINT_PATH
+    in_home.parent.mkdir(parents=True)
+    in_home.write_bytes(b"weights")
+    assert ckpt.locate_checkpoint(ckpt.DEFAULT_CHECKPOINT_PATH) == str(in_home)
+    assert resolve_prior("auto", {"model_path": ckpt.DEFAULT_CHECKPOINT_PATH}) == ("adm", f"prior: {in_home}")
+    in_cwd = tmp_path / ckpt.DEFAULT_CHECKPOINT_PATH  # the working directory comes first
+    in_cwd.parent.mkdir(parents=True)
+    in_cwd.write_bytes(b"weights")
+    assert ckpt.locate_checkpoint(ckpt.DEFAULT_CHECKPOINT_PATH) == ckpt.DEFAULT_CHECKPOINT_PATH
+    assert ckpt.locate_checkpoint(str(tmp_path / "absent.pt")) == str(tmp_path / "absent.pt")  # absolute: as given

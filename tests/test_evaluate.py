@@ -1,4 +1,4 @@
-"""evaluate.py and ddfm.evaluation end to end on small temporary folders (and the MRI_CT golden)."""
+"""evaluate.py and ddfm.metrics.evaluation end to end on small temporary folders (and the MRI_CT golden)."""
 import csv
 import json
 import subprocess
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import evaluate
-from ddfm.evaluation import EvaluationError, evaluate_folders, format_table
 from ddfm.metrics import METRICS, compute_metrics, read_luma
+from ddfm.metrics.evaluation import EvaluationError, evaluate_folders, format_table
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden" / "metrics"

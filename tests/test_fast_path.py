@@ -5,7 +5,7 @@ import torch
 import yaml
 
 import guided_diffusion
-from ddfm.config import ConfigError, validate_fusion, FUSION_DEFAULTS
+from ddfm.config import FUSION_DEFAULTS, ConfigError, validate_fusion
 from ddfm.prior import PriorModel
 from ddfm.sampling import Rectifier, StepFunction, StepNoise, per_image_noise, seeded_generators
 from guided_diffusion.gaussian_diffusion import DEVICE_TABLES, extract_into_tensor

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import figure
-from ddfm import zoom
-from ddfm.figure import MISSING_GREY, WIDTHS, compose_row, load_rows, make_figure, row_boxes
+from ddfm.present import zoom
+from ddfm.present.figure import MISSING_GREY, WIDTHS, compose_row, load_rows, make_figure, row_boxes
 from helpers import read_png, write_png
 
 BOXES = [(5, 7, 6, 4), (40, 20, 5, 5)]

@@ -3,8 +3,8 @@ import csv
 import json
 import math
 import subprocess
-import time
 import sys
+import time
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 through one resolver (ddfm.datasets.layouts), and --dataset NAME reads a fetched split."""
 import json
 
-import numpy as np
 import pytest
 
 import evaluate

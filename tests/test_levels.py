@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ddfm import io
-from ddfm.metrics_io import luma_from_rgb8, read_luma
+from ddfm.metrics.images import luma_from_rgb8, read_luma
 from helpers import load_golden, write_png
 
 

@@ -307,7 +307,7 @@ def test_exif_orientation_is_applied_by_both_readers(tmp_path):
 ])
 def test_unsupported_values_are_refused_by_both_readers(tmp_path, array, needle):
     from ddfm import io
-    from ddfm.metrics_io import UnsupportedImageError
+    from ddfm.metrics.images import UnsupportedImageError
 
     path = tmp_path / "odd.tif"
     Image.fromarray(array).save(path)

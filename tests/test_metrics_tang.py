@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddfm import metrics_tang as T
-from ddfm.evaluation import evaluate_protocols
-from ddfm.metrics import compute_metrics, read_luma
+from ddfm.metrics import compute_metrics, read_luma, tang as T
+from ddfm.metrics.evaluation import evaluate_protocols
 from test_metrics import _smooth_texture as _texture
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "metrics"
@@ -70,7 +69,7 @@ def test_matlab_rgb2gray_weights_and_rounding():
 
 
 def read_luma_of(rgb):
-    from ddfm.metrics_io import luma_from_rgb8
+    from ddfm.metrics.images import luma_from_rgb8
     return luma_from_rgb8(rgb)[0, 0]
 
 

@@ -9,7 +9,7 @@ from matplotlib import colormaps
 
 import sample
 from ddfm import io
-from ddfm.metrics_io import luma_from_rgb8
+from ddfm.metrics.images import luma_from_rgb8
 from helpers import make_dataset, read_png
 
 WEIGHTS = np.array([0.299, 0.587, 0.114])

@@ -15,7 +15,7 @@ import evaluate
 import sample
 from ddfm.config import load_config
 from ddfm.postrun import evaluate_and_report
-from ddfm.report import HIGHER_IS_BETTER, THUMB_SIDE, write_report
+from ddfm.present.report import HIGHER_IS_BETTER, THUMB_SIDE, write_report
 from ddfm.savefolder.layout import Layout
 from helpers import DIFFUSION_CONFIG, MODEL_CONFIG, read_png, write_png
 
@@ -175,7 +175,7 @@ def test_evaluate_report_flag_end_to_end(tmp_path, capsys):
 
 
 def _scores(root, fused):
-    from ddfm.evaluation import evaluate_folders
+    from ddfm.metrics.evaluation import evaluate_folders
     return evaluate_folders(root / "ir", root / "vi", fused, metrics=["EN", "SD", "MSE"])
 
 

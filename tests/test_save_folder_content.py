@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 
 import sample
-from helpers import ROOT, make_dataset, random_pair, read_png, write_png
-from test_save_folder import clean_runs, error_lines, main, record_of, seamed
-
 from ddfm.savefolder.layout import Layout
 from ddfm.savefolder.resume import FolderState, drop_replaced
+from helpers import ROOT, make_dataset, random_pair, read_png, write_png
+from test_save_folder import clean_runs, error_lines, main, record_of, seamed
 
 STEMS = ["k0", "k1", "k2"]
 

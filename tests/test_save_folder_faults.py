@@ -3,16 +3,14 @@ killed --overwrite whose stems the input no longer has, leftovers of the report 
 torch loads, journal lines nested too deeply, and recon/ replaced by a file."""
 import mmap
 import signal
-import sys
 import time
 
-import numpy as np
 import pytest
 from PIL import Image
 
 import sample
-from helpers import make_dataset, random_pair, read_png
-from test_save_folder import clean_runs, error_lines, main, record_of, seamed
+from helpers import make_dataset, random_pair
+from test_save_folder import error_lines, main, record_of, seamed
 
 STEMS = [f"f{k}" for k in range(4)]
 

@@ -12,13 +12,12 @@ import time
 
 import pytest
 
-from helpers import make_dataset, random_pair
-from test_save_folder import assert_truthful, clean_runs, error_lines, main, seamed, start_held, stop
-
 from ddfm.messages import RunError
 from ddfm.savefolder.layout import Layout
 from ddfm.savefolder.lock import FolderLock, holder_run
 from ddfm.savefolder.start import start_run
+from helpers import make_dataset, random_pair
+from test_save_folder import assert_truthful, clean_runs, error_lines, main, seamed, start_held, stop
 
 STEMS = [f"r{k}" for k in range(3)]
 HEADER = {"settings_key": "k", "fingerprint": {"prior": "none"}, "input_dir": "/nowhere"}

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import sample
-from test_determinism import DEFAULT_PATH_FRACTION
 from helpers import ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair, read_png
+from test_determinism import DEFAULT_PATH_FRACTION
 
 TINY = ["--model_config", str(TINY_MODEL_CONFIG), f"model_path={TINY_WEIGHTS}", "prior=adm",
         "timestep_respacing=4", "device=cpu", "--quiet"]
@@ -55,8 +55,9 @@ def test_batch_of_three_equals_runs_of_one_up_to_float_order(dataset, single_run
 
 def test_batched_sampler_equals_single_sampler_tensors():
     """The sampler itself: a batch of 3 gives the per-image results to float32 rounding."""
-    import guided_diffusion
     import yaml
+
+    import guided_diffusion
     from ddfm.sampling import ddfm_sample
 
     config = yaml.safe_load(TINY_MODEL_CONFIG.read_text()) | {"model_path": str(TINY_WEIGHTS)}

@@ -1,4 +1,4 @@
-"""table.py and ddfm/table*.py: the paper comparison table (ranks, rounding, published rows, errors)."""
+"""table.py and ddfm/present/ (table, results, formats, published): the paper comparison table (ranks, rounding, published rows, errors)."""
 import json
 import math
 import re
@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 import table as table_cli
-from ddfm.published import load_published
-from ddfm.table import MISSING, rank_column, round_half_away
+from ddfm.present.published import load_published
+from ddfm.present.table import MISSING, rank_column, round_half_away
 
 
 def write_metrics(path, methods, protocol="reference", pairs=2):
@@ -167,7 +167,7 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
 
 
 def test_metrics_files_can_be_written_into_a_new_folder(tmp_path):
-    from ddfm.evaluation import write_csv, write_json
+    from ddfm.metrics.evaluation import write_csv, write_json
     result = {"protocol": "reference", "methods": {"A": {"mean": eight(), "per_image": {"p0": eight()}, "missing": []}}}
     write_json(result, tmp_path / "new" / "m.json")
     write_csv(result, tmp_path / "other" / "m.csv")

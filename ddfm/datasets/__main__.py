@@ -77,8 +77,8 @@ def main(argv=None):
             outcome = fetch_split(split, args.root, args.mirror, args.jobs, args.timeout,
                                   progress=not args.quiet, log=log)
         except KeyboardInterrupt:
-            log(f"interrupted: files in place are checked, partial ones kept as .part; run the same command "
-                f"again to resume")
+            log("interrupted: files in place are checked, partial ones kept as .part; run the same command "
+                "again to resume")
             return 130
         except RootError as err:
             log(f"error: {err}")

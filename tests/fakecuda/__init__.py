@@ -25,9 +25,8 @@ cpu_build_only() -> reason string when torch is not a CPU-only build (the harnes
 """
 import torch
 
-from fakecuda.recorder import Copy, ConvRecord, DeviceMemory, Recorder, Sync  # noqa: F401
-from fakecuda.runner import (BLOCK_PREFIXES, PATCHES, WATCHED, FakeCuda, FakeRun,  # noqa: F401
-                             full_adm_config, source_pairs)
+from fakecuda.recorder import ConvRecord, Copy, DeviceMemory, Recorder, Sync  # noqa: F401
+from fakecuda.runner import BLOCK_PREFIXES, PATCHES, WATCHED, FakeCuda, FakeRun, full_adm_config, source_pairs  # noqa: F401
 
 
 def fake_run(config, pairs, attention="flash"):

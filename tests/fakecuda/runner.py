@@ -42,13 +42,12 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import guided_diffusion
-from guided_diffusion import checkpoint as gd_checkpoint
-from guided_diffusion.gaussian_diffusion import GaussianDiffusion
 from ddfm import build as ddfm_build, ccf, em, fusion, io, sampling
 from ddfm.conditions import ConditionBank
 from ddfm.config import load_config, read_yaml
-
 from fakecuda.recorder import DispatchRecorder, FunctionRecorder, Recorder, rerouted_bindings
+from guided_diffusion import checkpoint as gd_checkpoint
+from guided_diffusion.gaussian_diffusion import GaussianDiffusion
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIG = ROOT / "configs" / "model_config_imagenet.yaml"

@@ -16,15 +16,18 @@ import csv
 import json
 import math
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image
 from scipy import fft
 
 from ddfm.messages import one_line
-from ddfm.metrics import ALL_PROTOCOLS, canonical_protocol, compute_metrics, protocol_metrics
-from ddfm.metrics_io import IMAGE_EXTENSIONS, decode_rgb8, luma_from_rgb8
-from ddfm.metrics_tang import matlab_grey_from_rgb8
+from ddfm.metrics.images import IMAGE_EXTENSIONS, decode_rgb8, luma_from_rgb8
+from ddfm.metrics.reference import ALL_PROTOCOLS, canonical_protocol, compute_metrics, protocol_metrics
+from ddfm.metrics.tang import matlab_grey_from_rgb8
+
+Folder = str | Path  # a folder as typed or as a Path
 
 
 class EvaluationError(Exception):
@@ -170,8 +173,9 @@ def _fused_files(fused_dirs, sources, allow_missing, warn):
     return fused_files, missing
 
 
-def evaluate_protocols(a_dir, b_dir, fused_dirs, protocols=("reference",), metrics=None, warn=None,
-                       allow_missing=False):
+def evaluate_protocols(a_dir: Folder, b_dir: Folder, fused_dirs: Folder | Mapping[str, Folder],
+                       protocols: str | Sequence[str] = ("reference",), metrics: Sequence[str] | None = None,
+                       warn: Callable[[str], object] | None = None, allow_missing: bool = False) -> list[dict]:
     """Score each fused folder against the (a, b) source folders -> one result dict per protocol.
 
     ``fused_dirs`` is {method name: folder} (a single folder is named after itself); ``protocols``
@@ -225,8 +229,9 @@ def evaluate_protocols(a_dir, b_dir, fused_dirs, protocols=("reference",), metri
         for method, rows in per_image[p].items()}} for p in protocols]
 
 
-def evaluate_folders(a_dir, b_dir, fused_dirs, protocol="reference", metrics=None, warn=None,
-                     allow_missing=False):
+def evaluate_folders(a_dir: Folder, b_dir: Folder, fused_dirs: Folder | Mapping[str, Folder],
+                     protocol: str = "reference", metrics: Sequence[str] | None = None,
+                     warn: Callable[[str], object] | None = None, allow_missing: bool = False) -> dict:
     """One protocol's result dict (see the module doc); arguments as evaluate_protocols."""
     return evaluate_protocols(a_dir, b_dir, fused_dirs, [protocol], metrics, warn, allow_missing)[0]
 

@@ -7,16 +7,16 @@ text of the float, i.e. as a reader rounds the number they see, not as binary fl
 would (Python's round(2.675, 2) is 2.67). Ranking compares the values as printed: two methods
 that print the same number share the rank. The best value of a column has rank 1 (bold) and the
 next distinct value rank 2 (underlined); NaN and missing cells are shown as "–" and never ranked.
-Directions (higher or lower is better) come from ddfm.report's one table of directions.
-Rendering to LaTeX, Markdown and CSV is in ddfm.table_render.
+Directions (higher or lower is better) come from ddfm.present.report's one table of directions.
+Rendering to LaTeX, Markdown and CSV is in ddfm.present.formats.
 """
 import math
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
-from ddfm.evaluation import EvaluationError, UsageError
-from ddfm.metrics import METRICS
-from ddfm.report import direction
+from ddfm.metrics.evaluation import EvaluationError, UsageError
+from ddfm.metrics.reference import METRICS
+from ddfm.present.report import direction
 
 TABLE_METRICS = METRICS[:8]  # EN SD SF MI SCD VIF Qabf SSIM: the eight columns of the field's tables
 MISSING = "\u2013"  # en dash
@@ -157,7 +157,7 @@ def build_table(datasets, metrics=None, methods=None, published=None, other_dial
                 with_std=False, ranked_over="measured", allow_missing=False):
     """The ranked table of ``datasets`` (DatasetResult, one protocol) plus published rows.
 
-    ``published`` is {method: {dataset: PublishedResult}} (ddfm.published.select_published);
+    ``published`` is {method: {dataset: PublishedResult}} (ddfm.present.published.select_published);
     ``other_dialect`` names the published methods shown although another dialect (marked);
     ``ranked_over`` is "measured", "all" or a list of row names. Raises UsageError for bad names,
     EvaluationError for a method without a result on a dataset (unless ``allow_missing``).

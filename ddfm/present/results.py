@@ -2,7 +2,7 @@
 
 Two ways in, which mix:
 - ``json_files`` [(dataset, path)]: every method of a file written by ``evaluate.py --json`` or
-  ``sample.py evaluate=true`` (layout in ddfm.evaluation) is one row of that dataset's group;
+  ``sample.py evaluate=true`` (layout in ddfm.metrics.evaluation) is one row of that dataset's group;
 - ``patterns`` {method: "results/ours/{dataset}"}: for each dataset the path is a metrics.json
   file, a folder holding one, or a folder of fused images (or a sample.py save folder, scored
   through its recon/) evaluated against the dataset's ``sources``. ``discover_layout(root)`` makes
@@ -16,10 +16,10 @@ import json
 import math
 from pathlib import Path
 
-from ddfm.evaluation import EvaluationError, UsageError, evaluate_protocols, list_images
-from ddfm.metrics import canonical_protocol
+from ddfm.metrics.evaluation import EvaluationError, UsageError, evaluate_protocols, list_images
+from ddfm.metrics.reference import canonical_protocol
+from ddfm.present.table import TABLE_METRICS, DatasetResult
 from ddfm.savefolder.layout import METRICS as METRICS_FILE, RECON as SAVE_FOLDER_IMAGES  # sample.py's save folder
-from ddfm.table import TABLE_METRICS, DatasetResult
 
 _FORMAT = 'expected evaluate.py --json output: {"protocol", "methods"} or {"protocols": [...]}'
 

@@ -1,4 +1,4 @@
-"""Published fusion results with their provenance, read from ddfm/data/published_results.yaml.
+"""Published fusion results with their provenance, read from ddfm/present/data/published_results.yaml.
 
 Every result names its source (paper and table, or repository file), its dataset, the number of
 pairs it averages (None when the source does not say) and the dialect of the evaluator behind it:
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ddfm.evaluation import EvaluationError, UsageError
+from ddfm.metrics.evaluation import EvaluationError, UsageError
 
 PUBLISHED_FILE = Path(__file__).resolve().parent / "data" / "published_results.yaml"
 DIALECTS = ("reference", "tang", "unknown")

@@ -2,11 +2,11 @@
 
     write_report(out_dir, results, a_dir, b_dir, {name: folder}, run_record=..., gifs=...)
 
-writes out_dir/index.html (Jinja2 template ddfm/templates/report.html.j2) beside the files it
+writes out_dir/index.html (Jinja2 template ddfm/present/templates/report.html.j2) beside the files it
 shows: full images (copied, so the folder is self-contained and works from file://), small JPEG
 thumbnails (made once: an up-to-date one is reused) loaded lazily, and one box/strip plot per
 protocol (matplotlib). ``results`` is a list of evaluation results, one per protocol, in the
-layout of ddfm.evaluation ({"protocol", "methods": {name: {"mean", "per_image"}}}); a method may
+layout of ddfm.metrics.evaluation ({"protocol", "methods": {name: {"mean", "per_image"}}}); a method may
 lack some stems and a metric may have no known direction (it is then shown without a best mark).
 """
 import hashlib
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddfm.evaluation import list_images
 from ddfm.files import write_atomic
-from ddfm.metrics_io import decode_rgb8
+from ddfm.metrics.evaluation import list_images
+from ddfm.metrics.images import decode_rgb8
 
 # The one table of metric directions: True = higher is better, False = lower is better.
 HIGHER_IS_BETTER = {

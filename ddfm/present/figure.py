@@ -1,6 +1,6 @@
 """Comparison figures: rows = pairs, columns = IR | VIS | method 1 ... N, with zoom-ins.
 
-Panels are composed in numpy at source resolution (ddfm.zoom: outlines and nearest-neighbour
+Panels are composed in numpy at source resolution (ddfm.present.zoom: outlines and nearest-neighbour
 insets), then matplotlib places them on a pixel grid of its own and writes PNG or vector PDF (the
 panels are embedded unresampled in the PDF). Images are shown in colour as stored; metrics are
 elsewhere. Panels smaller than their sources (the official /32 crop) are drawn top-left in a cell
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddfm import zoom
-from ddfm.evaluation import EvaluationError, list_images, read_pixels
 from ddfm.files import write_atomic
-from ddfm.metrics_io import luma_from_rgb8
+from ddfm.metrics.evaluation import EvaluationError, list_images, read_pixels
+from ddfm.metrics.images import luma_from_rgb8
+from ddfm.present import zoom
 
 # Figure widths in inches: one column / a full page of a two-column paper (IEEE/CVF).
 WIDTHS = {"column": 3.5, "page": 7.16}

@@ -25,7 +25,7 @@ The toolkit's quirks, each reproduced where its metric is computed:
   - "MS_SSIM" is Ma et al.'s multi-scale MEF-SSIM with {A, B} as the exposure stack, not Wang's
     MS-SSIM.
 EN, SD, SF, SCD, CC and Qabf equal the reference protocol's definitions (Qabf: zero-padded Sobel
-and G = gF where gX == gF); this module takes them, and its helpers, from ``ddfm.metrics_common``.
+and G = gF where gX == gF); this module takes them, and its helpers, from ``ddfm.metrics.common``.
 FMI is not computed: the toolkit's pixel FMI depends on MATLAB's ``edge`` and FMI_w on the Wavelet
 Toolbox, and no oracle could be produced for either.
 Where files are read differently from MATLAB: 16-bit images keep their high byte (as everywhere in
@@ -38,7 +38,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from ddfm import metrics_common as common
+from ddfm.metrics import common
 
 TANG_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG", "CC", "PSNR", "MSE",
                 "Nabf", "MS_SSIM")

@@ -25,23 +25,26 @@ over both sources) but uses the textbook conventions where the reference deviate
   - Qabf: Sobel with edge replication (no artificial frame) and G = 1 where gX == gF;
   - PSNR with the 8-bit peak 255; MSE in float64.
 EN, SD, SF, SCD, VIF (multi-scale pixel VIF, sigma_n^2 = 2), AG and CC are identical in both
-(those shared with every dialect are defined in ``ddfm.metrics_common``).
+(those shared with every dialect are defined in ``ddfm.metrics.common``).
 Protocol ``tang`` is the MATLAB toolkit many IVIF papers use (Linfeng-Tang/Evaluation-for-Image-
-Fusion); its definitions, names and quirks are in ``ddfm.metrics_tang``. ``cddfuse`` is an alias
+Fusion); its definitions, names and quirks are in ``ddfm.metrics.tang``. ``cddfuse`` is an alias
 of ``reference``.
 """
+from collections.abc import Iterable
+
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
-from ddfm import metrics_common as common
-from ddfm import metrics_tang
+from ddfm.metrics import common, tang
+
 # Part of this module's public API: the definitions every protocol shares, and the file reader.
-from ddfm.metrics_common import cc, en, scd, sd, sf, vifp_ratios  # noqa: F401
-from ddfm.metrics_io import read_luma  # noqa: F401
+from ddfm.metrics.common import cc, en, scd, sd, sf, vifp_ratios  # noqa: F401
+from ddfm.metrics.images import read_luma  # noqa: F401
 
 METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "AG", "CC", "PSNR", "MSE")
 PROTOCOLS = ("reference", "corrected")  # computed in this module
-# tang: the MATLAB toolkit's dialect, in ddfm.metrics_tang.
+# tang: the MATLAB toolkit's dialect, in ddfm.metrics.tang.
 ALL_PROTOCOLS = PROTOCOLS + ("tang",)
 PROTOCOL_ALIASES = {"cddfuse": "reference"}
 
@@ -51,7 +54,7 @@ def _check_protocol(protocol):
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 
-def canonical_protocol(name):
+def canonical_protocol(name: str) -> str:
     """'cddfuse' -> 'reference'; any other known protocol as it is; ValueError otherwise."""
     protocol = PROTOCOL_ALIASES.get(name, name)
     if protocol not in ALL_PROTOCOLS:
@@ -60,10 +63,10 @@ def canonical_protocol(name):
     return protocol
 
 
-def protocol_metrics(protocol, extras=False):
+def protocol_metrics(protocol: str, extras: bool = False) -> tuple[str, ...]:
     """The metric names a protocol computes by default (with ``extras``: also on request)."""
     if canonical_protocol(protocol) == "tang":
-        return metrics_tang.TANG_METRICS + (metrics_tang.TANG_EXTRA if extras else ())
+        return tang.TANG_METRICS + (tang.TANG_EXTRA if extras else ())
     return METRICS
 
 
@@ -197,10 +200,11 @@ _PAIRED = {"SCD": scd, "VIF": vif, "CC": cc}
 _BY_PROTOCOL = {"MI": mi, "Qabf": qabf, "SSIM": ssim, "PSNR": psnr, "MSE": mse}
 
 
-def compute_metrics(a, b, fused, protocol="reference", metrics=None):
+def compute_metrics(a: ArrayLike, b: ArrayLike, fused: ArrayLike, protocol: str = "reference",
+                    metrics: Iterable[str] | None = None) -> dict[str, float]:
     """Metrics of one (A, B, F) triple of HxW grey-level arrays -> {name: float} in METRICS order.
 
-    ``protocol``: reference (alias cddfuse), corrected, or tang (ddfm.metrics_tang: its metric
+    ``protocol``: reference (alias cddfuse), corrected, or tang (ddfm.metrics.tang: its metric
     names, e.g. Nabf and MS_SSIM, and its grey conversion for files, matlab_grey_from_rgb8).
     """
     protocol = canonical_protocol(protocol)
@@ -208,7 +212,7 @@ def compute_metrics(a, b, fused, protocol="reference", metrics=None):
     if a.ndim != 2 or not (a.shape == b.shape == fused.shape):
         raise ValueError(f"need three 2-D arrays of one shape, got {a.shape}, {b.shape}, {fused.shape}")
     if protocol == "tang":
-        return metrics_tang.compute_tang_metrics(a, b, fused, metrics=metrics)
+        return tang.compute_tang_metrics(a, b, fused, metrics=metrics)
     names = METRICS if metrics is None else tuple(metrics)
     unknown = [m for m in names if m not in METRICS]
     if unknown:

@@ -1,4 +1,4 @@
-"""A ranked ddfm.table.Table as LaTeX (booktabs), Markdown or CSV, with its caption and sources.
+"""A ranked ddfm.present.table.Table as LaTeX (booktabs), Markdown or CSV, with its caption and sources.
 
 LaTeX: a ``table*`` fragment to \\input (needs \\usepackage{booktabs}), or with ``standalone`` a
 whole document whose page is the table's size (for a PNG via pdftoppm). Best is \\textbf, second
@@ -9,8 +9,8 @@ cell (dataset, metric, method, value as printed, std, rank, pairs, dialect, sour
 import csv
 import io
 
-from ddfm.report import ARROWS, direction
-from ddfm.table import MISSING
+from ddfm.present.report import ARROWS, direction
+from ddfm.present.table import MISSING
 
 PROTOCOL_NAMES = {"reference": "CDDFuse's Python evaluator", "corrected": "textbook conventions",
                   "tang": "the MATLAB toolkit of Tang et al."}

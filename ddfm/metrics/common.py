@@ -1,7 +1,7 @@
 """What every evaluation dialect shares: grey levels, entropy, windows, Sobel, and the metrics
 defined alike everywhere (EN, SD, SF, SCD, CC, multi-scale VIFp, Qabf, SSIM from local moments).
 
-``ddfm.metrics`` (reference / corrected) and ``ddfm.metrics_tang`` (the MATLAB toolkit) both build
+``ddfm.metrics`` (reference / corrected) and ``ddfm.metrics.tang`` (the MATLAB toolkit) both build
 on this module and on nothing of each other. Inputs are float arrays of whole grey levels in
 [0, 255] of one shape HxW: ``a`` and ``b`` the sources, ``fused`` the fused image. Definitions:
 shared/reference/fusion_metrics.md.
