@@ -196,10 +196,11 @@ class AttentionBlock(nn.Module):
 
     def _forward(self, x):
         b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)  # tokens in row-major spatial order
-        h = qkv_attention(self.qkv(self.norm(x)), self.num_heads, self.legacy_order)
-        h = self.proj_out(h)
-        return (x + h).reshape(b, c, *spatial)
+        tokens = x.reshape(b, c, -1)  # tokens in row-major spatial order (a copy if channels-last)
+        h = qkv_attention(self.qkv(self.norm(tokens)), self.num_heads, self.legacy_order)
+        h = self.proj_out(h).reshape(b, c, *spatial)
+        # x first: the sum takes x's memory format, so a channels-last UNet stays channels-last.
+        return x + h
 
 
 class UNetModel(nn.Module):
