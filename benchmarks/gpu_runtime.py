@@ -4,6 +4,7 @@ import time
 
 import torch
 
+from ddfm.memory import is_out_of_memory  # noqa: F401  (gpu_fit imports it from here)
 from ddfm.messages import one_line
 from ddfm.sampling import Rectifier
 
@@ -17,11 +18,6 @@ def free_memory(device):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def is_out_of_memory(err):
-    text = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
 
 
 def error_reason(err, limit=200):

@@ -312,12 +312,17 @@ class UNetModel(nn.Module):
         run in `dtype` (self.dtype) and the output conv in the input's dtype.
         """
         self.dtype = dtype
+        for m in self.block_convs():
+            m.weight.data = m.weight.data.to(dtype)
+            if m.bias is not None:
+                m.bias.data = m.bias.data.to(dtype)
+
+    def block_convs(self):
+        """The convolutions inside input, middle and output blocks (those convert_blocks casts)."""
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
             for m in part.modules():
                 if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                    m.weight.data = m.weight.data.to(dtype)
-                    if m.bias is not None:
-                        m.bias.data = m.bias.data.to(dtype)
+                    yield m
 
     def forward(self, x, timesteps, y=None):
         """x: [N, C, H, W], timesteps: [N] original (unscaled) timesteps, y: [N] labels if class-cond."""
