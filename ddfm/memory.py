@@ -124,9 +124,10 @@ def plan_peak(model, h, w, batch=1, method="ddfm", device=None, channels_last=No
 
 def free_bytes(device):
     """Bytes a new allocation can still get on a CUDA device: the driver's free memory plus what
-    torch's allocator holds unused; None on other devices (nothing to plan against)."""
+    torch's allocator holds unused; None on other devices (nothing to plan against) and where
+    CUDA is not available (a simulated-CUDA test run)."""
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or not torch.cuda.is_available():
         return None
     free, _ = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
