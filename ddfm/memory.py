@@ -37,6 +37,7 @@ context (~0.5 GiB, outside torch's allocator), the allocator's rounding and frag
 cuDNN workspaces, and torch.compile (fuses GroupNorm: lower peaks, so the plan errs high).
 benchmarks/gpu_check.py prints predicted against measured peaks per row.
 """
+import math
 import traceback
 from typing import NamedTuple
 
@@ -120,6 +121,14 @@ def plan_peak(model, h, w, batch=1, method="ddfm", device=None, channels_last=No
     per_pixel = (unet_bytes_per_pixel(unet, a, nhwc) + SAMPLER_BYTES_PER_PIXEL[method]
                  + (CHANNELS_LAST_INPUT_BYTES_PER_PIXEL if channels_last else 0))
     return PeakPlan(weight_bytes(unet, block_dtype), per_pixel, batch * h * w)
+
+
+def largest_square(model, limit_bytes, method="ddfm", device=None, multiple=32):
+    """The largest square side (a multiple of `multiple`) whose planned peak fits limit_bytes."""
+    plan = plan_peak(model, 1, 1, 1, method, device)
+    room = limit_bytes - plan.weights
+    side = int(math.isqrt(max(0, room) // plan.per_pixel)) // multiple * multiple
+    return side
 
 
 def free_bytes(device):

@@ -4,7 +4,6 @@ layout. On the CPU the NHWC path is forced by emptying NATIVE_CHANNELS_LAST_DEVI
 simulated-CUDA proof (convs' input layouts on fake CUDA) is in test_fake_cuda_memory.py."""
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 

@@ -174,3 +174,14 @@ def test_the_python_api_raises_the_same_line(monkeypatch):
     monkeypatch.setattr(memory, "free_bytes", lambda device: 1024)
     with pytest.raises(memory.DeviceMemoryError, match=r"^32x32 \(batch 1\) does not fit on cpu: "):
         fuser.fuse(np.zeros((32, 32), np.uint8), np.zeros((32, 32), np.uint8))
+
+
+@pytest.mark.parametrize("dtype, channels_last", [("bf16", True), ("fp32", False)])
+def test_largest_square_under_a_cap(dtype, channels_last):
+    """What gpu_check's fit rows print as "planned": the largest /32 square whose plan fits."""
+    model = adm_prior(dtype, channels_last)
+    for cap_gib in (12, 24):
+        side = memory.largest_square(model, cap_gib * memory.GIB, device="cuda")
+        assert side % 32 == 0 and side > 1000
+        assert memory.plan_peak(model, side, side, device="cuda").total <= cap_gib * memory.GIB
+        assert memory.plan_peak(model, side + 32, side + 32, device="cuda").total > cap_gib * memory.GIB
