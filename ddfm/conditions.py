@@ -15,8 +15,12 @@ I = infrared, V = visible, x the RGB estimate; all (N, 3, H, W) float32 on the [
 loss is per image. Everything that depends only on I and V is computed once per image by
 ``ConditionBank``. Each quirk of the released code is a flag whose default is the released
 behaviour.
+
+No step copies host data to the device (on CUDA a pageable copy is a host sync): the filter taps
+are device tensors built once per bank (``Filters``) and handed to the functions below.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,7 @@ SOBEL_V_FIXED = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))
 # A magnitude sqrt(h^2 + v^2) at 0 has no derivative: the differentiable EI adds this inside.
 EI_SQRT_EPS = 1e-12
 HAAR_TAP = 0.7071067811865476  # pywt's Haar dec_lo taps, 1/sqrt(2)
+HAAR_TAPS = ((HAAR_TAP, HAAR_TAP), (HAAR_TAP, -HAAR_TAP))  # low-pass, high-pass rows
 
 
 # --- building blocks -----------------------------------------------------------------------------
@@ -66,10 +71,35 @@ def gaussian_blur(x, taps):
     return F.conv2d(x, col, padding=(pad, 0), groups=c)
 
 
+def _taps(values, like):
+    """A constant as a tensor of like's dtype on its device: a tensor given is used as it is."""
+    if torch.is_tensor(values):
+        return values
+    return torch.tensor(values, dtype=like.dtype, device=like.device)
+
+
 def filter3x3(x, kernel):
-    """Cross-correlation of (N, 1, H, W) with a 3x3 kernel, zero pad 1 (F.conv2d)."""
-    weight = torch.tensor(kernel, dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
-    return F.conv2d(x, weight, padding=1)
+    """Cross-correlation of (N, 1, H, W) with a 3x3 kernel (nested tuple, or a tensor already on
+    x's device: see Filters), zero pad 1 (F.conv2d)."""
+    return F.conv2d(x, _taps(kernel, x).view(1, 1, 3, 3), padding=1)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The conditions' fixed taps as float32 tensors on one device, built once (``on``) and kept:
+    laplacian, sobel_h, sobel_v_released, sobel_v_fixed (3x3), haar (2x2: low, high), gauss (11)."""
+    laplacian: torch.Tensor
+    sobel_h: torch.Tensor
+    sobel_v_released: torch.Tensor
+    sobel_v_fixed: torch.Tensor
+    haar: torch.Tensor
+    gauss: torch.Tensor
+
+    @classmethod
+    def on(cls, device):
+        host = (LAPLACIAN, SOBEL_H, SOBEL_V_RELEASED, SOBEL_V_FIXED, HAAR_TAPS)
+        tensors = [torch.tensor(values, dtype=torch.float32).to(device) for values in host]
+        return cls(*tensors, gaussian_window().to(device))
 
 
 def clipped_response(g, kernel):
@@ -78,7 +108,7 @@ def clipped_response(g, kernel):
     return u / 127.5 - 1
 
 
-def haar_dwt(x):
+def haar_dwt(x, taps=HAAR_TAPS):
     """One level of the orthonormal Haar DWT as pytorch_wavelets' DWTForward(J=1, 'haar', 'zero').
 
     x: (N, C, H, W); an odd side is zero-padded at its end first, as that mode does. Returns
@@ -86,12 +116,13 @@ def haar_dwt(x):
     same float arithmetic: a stride-2 two-tap filter pair along the width, then along the height
     (pywt's reversed dec filters, c = 1/sqrt(2) in float32). The rounding matters: the high-band
     condition picks the larger of |yh(I)| and |yh(V)|, and 8-bit sources tie often.
+    taps: HAAR_TAPS, or Filters.haar (already on x's device).
     """
     h, w = x.shape[-2:]
     if h % 2 or w % 2:
         x = F.pad(x, (0, w % 2, 0, h % 2))
     c = x.shape[1]
-    taps = torch.tensor([[HAAR_TAP, HAAR_TAP], [HAAR_TAP, -HAAR_TAP]], dtype=x.dtype, device=x.device)
+    taps = _taps(taps, x)
     lohi = F.conv2d(x, taps.view(2, 1, 1, 2).repeat(c, 1, 1, 1), stride=(1, 2), groups=c)
     bands = F.conv2d(lohi, taps.view(2, 1, 2, 1).repeat(2 * c, 1, 1, 1), stride=(2, 1), groups=2 * c)
     bands = bands.reshape(bands.shape[0], c, 4, *bands.shape[-2:])
@@ -106,15 +137,21 @@ def spatial_frequency(g):
     return (rf ** 2 + cf ** 2).sqrt()
 
 
-def edge_intensity(g, kernel_typo=True, detached=True):
+def edge_intensity(g, kernel_typo=True, detached=True, filters=None):
     """EI = mean sqrt(h^2 + v^2) of the clipped Sobel responses of g (N, 1, H, W) -> (N,).
 
     detached (released): the input is cut from the graph, so EI has an exactly zero gradient.
+    filters: a Filters on g's device (default: the taps are made from the constants).
     """
     if detached:
         g = g.detach()
-    h = clipped_response(g, SOBEL_H)
-    v = clipped_response(g, SOBEL_V_RELEASED if kernel_typo else SOBEL_V_FIXED)
+    if filters is None:
+        sobel_h, sobel_v = SOBEL_H, SOBEL_V_RELEASED if kernel_typo else SOBEL_V_FIXED
+    else:
+        sobel_h = filters.sobel_h
+        sobel_v = filters.sobel_v_released if kernel_typo else filters.sobel_v_fixed
+    h = clipped_response(g, sobel_h)
+    v = clipped_response(g, sobel_v)
     squared = h ** 2 + v ** 2
     return per_image_mean(squared.sqrt() if detached else (squared + EI_SQRT_EPS).sqrt())
 
@@ -129,19 +166,20 @@ def channel_std(x):
 class _SourceTerms:
     """Everything the conditions need from one batch of I, V (N, 3, H, W), computed once."""
 
-    def __init__(self, ir, vis, taps, edge_visible_twice):
+    def __init__(self, ir, vis, filters, edge_visible_twice):
         self.ir, self.vis = ir, vis
-        self.taps = taps
+        self.filters = filters
+        taps = filters.gauss
         # SSIM statistics of the sources: [V, I] stacked on the channel axis.
         pair01 = torch.cat([(vis + 1) / 2, (ir + 1) / 2], dim=1)
         self.src01 = pair01
         self.mu_src = gaussian_blur(pair01, taps)
         self.mu_src_sq = self.mu_src ** 2
         self.sigma_src_sq = gaussian_blur(pair01 * pair01, taps) - self.mu_src_sq
-        self.edge_v = clipped_response(grey(vis), LAPLACIAN)
-        self.edge_i = self.edge_v if edge_visible_twice else clipped_response(grey(ir), LAPLACIAN)
-        yl_i, yh_i = haar_dwt(ir)
-        yl_v, yh_v = haar_dwt(vis)
+        self.edge_v = clipped_response(grey(vis), filters.laplacian)
+        self.edge_i = self.edge_v if edge_visible_twice else clipped_response(grey(ir), filters.laplacian)
+        yl_i, yh_i = haar_dwt(ir, filters.haar)
+        yl_v, yh_v = haar_dwt(vis, filters.haar)
         self.low_target = 0.5 * yl_i + 0.5 * yl_v
         self.high_target = torch.where(yh_i.abs() > yh_v.abs(), yh_i, yh_v)
 
@@ -150,7 +188,7 @@ def _ssim_loss(x, src):
     """-(SSIM(V, x) + SSIM(I, x)) / 2 with pytorch_ssim's formula (img1 = source, img2 = x)."""
     x01 = (x + 1) / 2
     pair = torch.cat([x01, x01], dim=1)  # x against V (channels 0..2) and I (3..5)
-    blurred = gaussian_blur(torch.cat([x01, x01 * x01, src.src01 * pair], dim=1), src.taps)
+    blurred = gaussian_blur(torch.cat([x01, x01 * x01, src.src01 * pair], dim=1), src.filters.gauss)
     mu_x, ex_sq, ex_src = blurred.split([3, 3, 6], dim=1)
     mu_x_sq = mu_x ** 2
     mu_x2, sigma_x_sq2 = torch.cat([mu_x, mu_x], 1), torch.cat([ex_sq - mu_x_sq] * 2, 1)
@@ -169,16 +207,16 @@ def _mse_loss(x, src):
 
 
 def _edge_loss(x, src):
-    edges = clipped_response(grey(x), LAPLACIAN)
+    edges = clipped_response(grey(x), src.filters.laplacian)
     return 0.5 * (per_image_mean((edges - src.edge_v) ** 2) + per_image_mean((edges - src.edge_i) ** 2))
 
 
 def _low_freq_loss(x, src):
-    return per_image_mean((haar_dwt(x)[0] - src.low_target) ** 2)
+    return per_image_mean((haar_dwt(x, src.filters.haar)[0] - src.low_target) ** 2)
 
 
 def _high_freq_loss(x, src):
-    return per_image_mean((haar_dwt(x)[1] - src.high_target) ** 2)
+    return per_image_mean((haar_dwt(x, src.filters.haar)[1] - src.high_target) ** 2)
 
 
 class ConditionBank:
@@ -194,15 +232,15 @@ class ConditionBank:
         ir, vis = ir.float(), vis.float()
         n, _, h, w = ir.shape
         self.ei_kernel_typo, self.ei_detached = ei_kernel_typo, ei_detached
-        taps = gaussian_window().to(ir.device)
+        filters = Filters.on(ir.device)  # every tap crosses to the device here, once per bank
         self.crops = None
         if valid_hw is not None and any(tuple(hw) != (h, w) for hw in valid_hw):
             self.crops = [tuple(int(v) for v in hw) for hw in valid_hw]
-            self.sources = [_SourceTerms(ir[k:k + 1, :, :ch, :cw], vis[k:k + 1, :, :ch, :cw], taps,
+            self.sources = [_SourceTerms(ir[k:k + 1, :, :ch, :cw], vis[k:k + 1, :, :ch, :cw], filters,
                                          edge_visible_twice)
                             for k, (ch, cw) in enumerate(self.crops)]
         else:
-            self.sources = _SourceTerms(ir, vis, taps, edge_visible_twice)
+            self.sources = _SourceTerms(ir, vis, filters, edge_visible_twice)
 
     def losses(self, x):
         """The (N, 8) loss matrix. x: one (N, 3, H, W) tensor, or a sequence of 8 such tensors
@@ -226,7 +264,7 @@ class ConditionBank:
             _low_freq_loss(x_low, src),
             _high_freq_loss(x_high, src),
             -spatial_frequency(grey(x_sf)),
-            -edge_intensity(grey(x_ei), self.ei_kernel_typo, self.ei_detached),
+            -edge_intensity(grey(x_ei), self.ei_kernel_typo, self.ei_detached, src.filters),
             -channel_std(x_sd),
         ], dim=1)
 

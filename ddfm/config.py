@@ -59,6 +59,9 @@ CCF_DEFAULTS = {
     "ccf_ei_kernel_typo": True,
     "ccf_ei_detached": True,
     "ccf_mse_per_slot": True,
+    "ccf_eps_unguided": True,       # DDIM's eps' from the x0 before guidance
+    "ccf_guided_unclamped": True,   # the guided x0 is not clamped to [-1, 1]
+    "ccf_adam_persistent": True,    # Adam's moments and step count carry over the steps
     "ccf_portrait_resize": True,    # size: official, portrait images: height from w/h as released
 }
 FUSION_DEFAULTS.update(CCF_DEFAULTS)

@@ -8,7 +8,7 @@ from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
 
 import fakecuda
 from ddfm import em, sampling
-from guided_diffusion.checkpoint import EXPECTED_NUM_PARAMS, EXPECTED_NUM_TENSORS
+from guided_diffusion.checkpoint import EXPECTED_NUM_PARAMS, EXPECTED_NUM_TENSORS, CheckpointError
 
 pytestmark = pytest.mark.skipif(fakecuda.cpu_build_only() is not None,
                                 reason=str(fakecuda.cpu_build_only()))
@@ -76,6 +76,12 @@ def test_ddfm_official_fp32_full_adm(official_fp32):
     assert run.peak_bytes > 4 * 2 ** 30  # fp32 weights (2.2 GB) plus 480x640 activations
 
 
+def test_fake_weights_go_through_the_strict_loader():
+    config = fakecuda.full_adm_config("num_channels=128")  # not the checkpoint's architecture
+    with fakecuda.FakeCuda() as fake, pytest.raises(CheckpointError, match="does not fit UNetModel"):
+        fake.build(config)
+
+
 def test_ddfm_paper_bf16_one_pinned_noise_copy_per_step():
     run = fake("dtype=bf16", "variant=paper")
     assert_clean(run, channels=1, batch=1)
@@ -85,3 +91,73 @@ def test_ddfm_paper_bf16_one_pinned_noise_copy_per_step():
     noise = run.recorder.host_to_device("setup")[-1:] + [c for cs in run.copies_per_step() for c in cs]
     assert [(c.pinned, c.non_blocking) for c in noise] == [(True, True)] * STEPS
     assert [len(cs) for cs in run.copies_per_step()] == [1] * (STEPS - 1) + [0]
+
+
+def test_ccf_no_host_copy_or_sync_per_step():
+    """CCF's UNet and sampler on fake CUDA, its guidance (conditions forward and backward) on fake
+    meta: the filter taps and enabled ids cross to the device once, before the loop."""
+    run = fake("method=ccf", batch=2, padded=True)
+    assert_clean(run, channels=3, batch=2)
+    assert run.copies_per_step() == [[]] * STEPS
+    assert_float32_maths(run, ("sampler", "ccf_conditions"))
+    assert run.reroutes["ccf_x0_to_meta"] == STEPS  # the guidance really ran, once per step
+    assert any(c.device == "meta" for c in run.convs)  # the conditions' convolutions
+
+
+# --- canaries: each detector must catch what it is there for --------------------------------------
+
+CANARY_SIZE = (256, 256)
+
+
+def canary_run(*overrides):
+    config = fakecuda.full_adm_config("dtype=bf16", *overrides, steps=STEPS)
+    return fakecuda.fake_run(config, fakecuda.source_pairs(size=CANARY_SIZE))
+
+
+def test_canary_host_read_in_the_step_is_caught(monkeypatch):
+    rectify = sampling.Rectifier.__call__
+
+    def with_float_t(self, x0, t):
+        float(t[0])  # the classic: a timestep read back to the host
+        return rectify(self, x0, t)
+
+    monkeypatch.setattr(sampling.Rectifier, "__call__", with_float_t)
+    run = canary_run()
+    assert [(s.what, s.phase, s.step) for s in run.loop_syncs()] == [("float() of a cuda tensor", "step", 1)]
+    assert run.error is not None and run.output is None
+
+
+def test_canary_cpu_tensor_in_the_step_is_caught(monkeypatch):
+    rectify = sampling.Rectifier.__call__
+
+    def with_cpu_tensor(self, x0, t):
+        return rectify(self, x0 + torch.zeros(1, 1, 1, 1), t)  # a CPU tensor meets CUDA
+
+    monkeypatch.setattr(sampling.Rectifier, "__call__", with_cpu_tensor)
+    run = canary_run()
+    assert isinstance(run.error, FakeTensorDeviceMismatchError), repr(run.error)
+    assert run.steps == 1 and run.output is None
+
+
+def test_canary_bf16_into_em_is_caught(monkeypatch):
+    luma_in, luma_out = em.LUMA_IO["official"]
+
+    def bf16_luma_in(x0):
+        f_tilde, aux = luma_in(x0)
+        return f_tilde.to(torch.bfloat16), aux
+
+    monkeypatch.setitem(em.LUMA_IO, "official", (bf16_luma_in, luma_out))
+    run = canary_run()
+    assert torch.bfloat16 in run.entries["em"]
+
+
+def test_canary_host_data_made_on_the_device_per_step_is_caught(monkeypatch):
+    rectify = sampling.Rectifier.__call__
+
+    def with_host_constant(self, x0, t):
+        return rectify(self, x0 * torch.tensor([1.0], device=x0.device), t)
+
+    monkeypatch.setattr(sampling.Rectifier, "__call__", with_host_constant)
+    run = canary_run()
+    assert run.error is None
+    assert [[(c.pinned, c.non_blocking) for c in cs] for cs in run.copies_per_step()] == [[(False, False)]] * STEPS

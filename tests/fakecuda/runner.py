@@ -5,15 +5,21 @@ The harness patches (each named; `PATCHES` lists them, FakeCuda.patches says whi
   device_choice       torch.cuda.is_available() is True inside ddfm.build.resolve_device only,
                       torch.cuda.current_device() is 0 (FakeTensorMode keeps seeing no CUDA).
   fake_weights        guided_diffusion.checkpoint.load_state_dict_file returns fake float32 CPU
-                      tensors with the model's shapes (a placeholder file passes the existence
-                      check); the strict key/shape check and assign=True loading run for real.
+                      tensors with the checkpoint's names and shapes (the ADM of
+                      configs/model_config_imagenet.yaml, whatever the config under test says; a
+                      placeholder file passes the existence check); the strict key/shape check
+                      and assign=True loading run for real.
   swap_tensors        Module.to() swaps parameters with torch.utils.swap_tensors, whose weakref
                       check trips on the fake converter's own references: that check is skipped.
-  python_bindings     t[...], t[...] = v, t.contiguous(), t.copy_() of fake CUDA tensors through
-                      torch.ops.aten (counted per binding in FakeRun.reroutes).
+  python_bindings     t[...], t[...] = v, t.contiguous(), t.copy_() and t.to() (to or from CUDA)
+                      of fake CUDA tensors through torch.ops.aten: torch.Tensor's attributes, so
+                      torch's own Python code (FakeTensor's conv rule) is re-routed too (counted
+                      per binding in FakeRun.reroutes).
   ccf_guidance_meta   CCF's guidance (forward and backward of its conditions) runs on fake `meta`
                       (autograd aborts on fake CUDA): its sources once, x0 there and back per step
-                      (counted in FakeRun.reroutes, never as copies).
+                      (counted in FakeRun.reroutes, never as copies). torch.tensor/as_tensor(...,
+                      device="meta") is made on the host and copied (what CUDA does; on meta the
+                      copy would be invisible), so host data made per step counts as a copy.
   stop_after_sampling ddfm_sample / ccf_sample return their tensor to the harness, which stops
                       fuse_batch there (a fake tensor has no data for .numpy() and the PNGs).
   flash_attention     (attention="flash", default) scaled_dot_product_attention calls the flash
@@ -24,6 +30,7 @@ records of the tensors entering EM, the colour conversions, the sampler maths an
 """
 import contextlib
 import dataclasses
+import functools
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -39,7 +46,7 @@ from guided_diffusion import checkpoint as gd_checkpoint
 from guided_diffusion.gaussian_diffusion import GaussianDiffusion
 from ddfm import build as ddfm_build, ccf, em, fusion, io, sampling
 from ddfm.conditions import ConditionBank
-from ddfm.config import load_config
+from ddfm.config import load_config, read_yaml
 
 from fakecuda.recorder import DispatchRecorder, FunctionRecorder, Recorder, rerouted_bindings
 
@@ -253,10 +260,8 @@ class FakeCuda:
         return targets
 
     def _fake_state_dict(self, path):
-        """The checkpoint's tensors as fake float32 CPU tensors (shapes of the model config)."""
-        with torch.device("meta"):
-            model = guided_diffusion.create_model(**{**_model_keys(MODEL_CONFIG), "model_path": None})
-        return {k: torch.empty(v.shape, dtype=torch.float32) for k, v in model.state_dict().items()}
+        """The checkpoint's tensors as fake float32 CPU tensors (names and shapes of the ADM)."""
+        return {name: torch.empty(shape, dtype=torch.float32) for name, shape in checkpoint_shapes().items()}
 
     def _stopping(self, sampler):
         def sample_then_stop(*args, **kwargs):
@@ -274,9 +279,12 @@ class FakeCuda:
         return marked_step
 
 
-def _model_keys(path):
-    from ddfm.config import read_yaml
-    return read_yaml(path)
+@functools.lru_cache(maxsize=1)
+def checkpoint_shapes():
+    """{name: shape} of the ADM checkpoint's tensors (from a meta build; plain tuples, kept)."""
+    with torch.device("meta"):
+        model = guided_diffusion.create_model(**{**read_yaml(MODEL_CONFIG), "model_path": None})
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 def _with_cuda_available(resolve):
