@@ -88,20 +88,21 @@ class Fuser:
         goes on with other pairs.
         """
         with determinism.run_settings(self.threads, self.deterministic):
-            if self.prior_free:
-                return self._fuse_together(pairs, step_callback, progress)
-            shape = (*self.fused_shape(pairs[0][0]), 1 if self.deterministic else len(pairs))
-            method = "ccf" if self.fusion.get("method") == "ccf" else "ddfm"
-            memory.check_fits(self.model, *shape, method, self.device)
+            # (model, H, W, images at once, method, device): what ddfm.memory plans the batch with
+            plan = None if self.prior_free else (
+                self.model, *self.fused_shape(pairs[0][0]), 1 if self.deterministic else len(pairs),
+                "ccf" if self.fusion.get("method") == "ccf" else "ddfm", self.device)
+            if plan:
+                memory.check_fits(*plan)
             try:
                 if self.deterministic and len(pairs) > 1:
                     return determinism.one_at_a_time(self._fuse_together, pairs, step_callback, progress)
                 return self._fuse_together(pairs, step_callback, progress)
             except RuntimeError as err:
-                if not memory.is_out_of_memory(err):
+                if not plan or not memory.is_out_of_memory(err):
                     raise
-                line = memory.out_of_memory_line(err, self.model, *shape, method, self.device)
-            raise memory.DeviceMemoryError(line)
+                line = memory.out_of_memory_line(err, *plan)
+            raise memory.DeviceMemoryError(line)  # outside the except: the error's frames are gone
 
     def provenance(self, batch_size):
         """What makes an image of a batch of batch_size: threads, device, torch version."""

@@ -28,8 +28,9 @@ linear in the tokens, so it is never the peak; the math kernel's T x T scores at
 would be (8 heads * T^2 * 4 bytes: 0.74 GB at 480x640, quadratic in the pixels).
 
 sampler_bytes_per_pixel: what the method holds while the UNet runs: the UNet's input (12 B),
-the sources, x_t, x0, the EM or CCF state, counted by a fake run of each method (ddfm.memory's
-test): DDFM 128 B/px, CCF 264 B/px, + 12 with channels-last (the NHWC copy of the input).
+the sources, x_t, x0, the EM or CCF state, counted by fake runs (DDFM: the full fuser on
+simulated CUDA; CCF, whose guidance that harness runs on `meta`: ccf_sample on a fake CPU):
+DDFM 128 B/px, CCF 256 B/px, + 12 with channels-last (the NHWC copy of the input).
 
 Checked against the live device bytes of a simulated-CUDA run of the full fuser (FakeTensorMode,
 tests/test_fake_cuda_memory.py) at 256x256, 480x640 and 768x1024. Not in the model: the CUDA
@@ -45,7 +46,7 @@ import torch
 
 GIB = 2 ** 30
 # Bytes per pixel a method holds besides the UNet's activations (see the module docstring).
-SAMPLER_BYTES_PER_PIXEL = {"ddfm": 128, "ccf": 264}
+SAMPLER_BYTES_PER_PIXEL = {"ddfm": 128, "ccf": 256}
 CHANNELS_LAST_INPUT_BYTES_PER_PIXEL = 12  # the float32 3-channel input copied to NHWC
 REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 

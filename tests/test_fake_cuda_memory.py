@@ -1,7 +1,8 @@
 """Issue 22 items 4-5 on simulated CUDA (tests/fakecuda): the peak-memory model of ddfm.memory
 against the fake run's live device bytes at 256x256, 480x640 and 768x1024; the build's device
 peak is the weights as they run; channels-last reaches the convs (>= 95 % of the 3x3 convs get an
-NHWC input; ATen's CUDA group_norm alone would leave most of them NCHW).
+NHWC input; ATen's CUDA group_norm alone would leave most of them NCHW). CCF's plan is checked on
+a fake CPU (its guidance runs off the fake CUDA device in the harness).
 
 One patch of this file's own (fixture `cudnn_layouts`): FakeTensor's conv rule asks the CPU build
 for the conv backend's output layout, and a build without cuDNN answers "contiguous" for every
@@ -113,3 +114,32 @@ def test_channels_last_reaches_the_convs_on_cuda(monkeypatch):
     config = fakecuda.full_adm_config("dtype=bf16", "channels_last=true", steps=2)
     before = fakecuda.fake_run(config, fakecuda.source_pairs())
     assert before.error is None and conv_inputs(before)[:2] == (21, 1)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_ccf_plan_matches_a_fake_run_of_ccf_sample(dtype):
+    """CCF's guidance runs on `meta` in the fake CUDA harness (autograd aborts on fake CUDA), out
+    of its device tracker: the whole ccf_sample (UNet, conditions, their backward, Adam) runs here
+    on a fake CPU, with the harness's recorder counting live CPU bytes (NCHW, two steps)."""
+    import guided_diffusion
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from ddfm.ccf import ccf_sample
+    from ddfm.prior import PriorModel
+    from fakecuda.recorder import DispatchRecorder, Recorder
+
+    from ddfm.config import read_yaml
+
+    config = {**read_yaml(fakecuda.runner.MODEL_CONFIG), "model_path": None}
+    with torch.device("meta"):
+        unet = guided_diffusion.create_model(**config)
+    diffusion = guided_diffusion.create_sampler(timestep_respacing="2")
+    rec = Recorder(memory_device="cpu")
+    h, w = 256, 320
+    with FakeTensorMode(allow_non_fake_inputs=True), DispatchRecorder(rec):
+        model = PriorModel(unet.to_empty(device="cpu").eval().requires_grad_(False), dtype=dtype)
+        rec.memory.reset_peak()
+        ir, vis = torch.empty(1, 3, h, w), torch.empty(1, 3, h, w)
+        ccf_sample(model, diffusion, ir, vis)
+    plan = memory.plan_peak(model, h, w, method="ccf", device="cpu")
+    assert abs(plan.total - rec.memory.peak) <= TOLERANCE * rec.memory.peak
+    assert abs((rec.memory.peak - plan.weights) / (h * w) - plan.per_pixel) < 2  # bytes per pixel

@@ -272,7 +272,7 @@ def test_sync_count_counts_the_sync_debug_warnings(monkeypatch):
 
 def test_topk_tie_order_is_in_the_header(tmp_path):
     bench = fake_bench(tmp_path)
-    bench.env.update(weights="w", topk_ties={"device": [4, 5, 6], "cpu": [6, 5, 4]})
+    bench.env.update(weights="w", device="cpu", torch="2", topk_ties={"device": [4, 5, 6], "cpu": [6, 5, 4]})
     bench.args.steps, bench.peak = 2, None
     lines = gpu_check.header_lines(bench)
     assert "torch.topk of 8 equal weights (k=3): cpu [4, 5, 6], cpu [6, 5, 4] (a DIFFERENT order" in "\n".join(lines)
