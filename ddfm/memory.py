@@ -25,7 +25,7 @@ The ADM-256 (C0 = C1 = 256, R = 2) gives A = 6144 B/px in bf16 (the peak), 4096 
 C = 8960 in float32 (the peak) and 4480 in bf16 (the channels-last peak). Attention is assumed to
 run in the flash (bf16/fp16) or memory-efficient (float32) kernel of scaled_dot_product_attention,
 linear in the tokens, so it is never the peak; the math kernel's T x T scores at 1/8 resolution
-would be (8 heads * T^2 * 4 bytes: 0.74 GB at 480x640, quadratic in the pixels).
+would be quadratic in the pixels (8 heads * T^2 * 4 bytes: 0.74 GB at 480x640).
 
 sampler_bytes_per_pixel: what the method holds while the UNet runs: the UNet's input (12 B),
 the sources, x_t, x0, the EM or CCF state, counted by fake runs (DDFM: the full fuser on
@@ -34,7 +34,7 @@ DDFM 128 B/px, CCF 256 B/px, + 12 with channels-last (the NHWC copy of the input
 
 Checked against the live device bytes of a simulated-CUDA run of the full fuser (FakeTensorMode,
 tests/test_fake_cuda_memory.py) at 256x256, 480x640 and 768x1024. Not in the model: the CUDA
-context (~0.5 GiB, outside torch's allocator), the allocator's rounding and fragmentation,
+context (outside torch's allocator), the allocator's rounding and fragmentation,
 cuDNN workspaces, and torch.compile (fuses GroupNorm: lower peaks, so the plan errs high).
 benchmarks/gpu_check.py prints predicted against measured peaks per row.
 """
