@@ -5,7 +5,7 @@ Shared by the CLI (`ddfm.run`) and the Python API (`ddfm.fuse`), so both give th
 import numpy as np
 import torch
 
-from ddfm import determinism, io
+from ddfm import determinism, io, memory
 from ddfm.defaults import DEFAULT_SEED
 from ddfm.color import rgb_to_luma, to_signed
 from ddfm.bayesfusion import bayes_fuse, to_uint8 as bayes_to_uint8
@@ -81,11 +81,28 @@ class Fuser:
         step_callback(i, frames) gets, after every step, the official progress frame (uint8,
         cropped like the output) of each image of the batch. Runs with the configured thread
         count; `deterministic` fuses each pair alone (see ddfm.determinism).
+
+        On CUDA a batch whose predicted peak memory (ddfm.memory) exceeds the free memory is
+        refused before it starts, and an out-of-memory error mid-batch is turned into the same
+        kind of line after its memory is released: DeviceMemoryError, one line, and the caller
+        goes on with other pairs.
         """
         with determinism.run_settings(self.threads, self.deterministic):
-            if self.deterministic and len(pairs) > 1:
-                return determinism.one_at_a_time(self._fuse_together, pairs, step_callback, progress)
-            return self._fuse_together(pairs, step_callback, progress)
+            # (model, H, W, images at once, method, device): what ddfm.memory plans the batch with
+            plan = None if self.prior_free else (
+                self.model, *self.fused_shape(pairs[0][0]), 1 if self.deterministic else len(pairs),
+                "ccf" if self.fusion.get("method") == "ccf" else "ddfm", self.device)
+            if plan:
+                memory.check_fits(*plan)
+            try:
+                if self.deterministic and len(pairs) > 1:
+                    return determinism.one_at_a_time(self._fuse_together, pairs, step_callback, progress)
+                return self._fuse_together(pairs, step_callback, progress)
+            except RuntimeError as err:
+                if not plan or not memory.is_out_of_memory(err):
+                    raise
+                line = memory.out_of_memory_line(err, *plan)
+            raise memory.DeviceMemoryError(line)  # outside the except: the error's frames are gone
 
     def provenance(self, batch_size):
         """What makes an image of a batch of batch_size: threads, device, torch version."""
