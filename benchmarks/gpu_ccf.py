@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from benchmarks import gpu_setup
-from benchmarks.gpu_runtime import (fill_predicted_peak, fill_syncs, fill_timing, free_memory, sync,
-                                    time_unet, timed)
+from benchmarks.gpu_runtime import fill_predicted_peak, fill_syncs, fill_timing, free_memory, sync, time_unet, timed
 from ddfm import ccf_io
 from ddfm.ccf import ccf_sample
 from ddfm.defaults import DEFAULT_SEED

@@ -38,8 +38,17 @@ import guided_diffusion
 from benchmarks import gpu_ccf, gpu_setup
 from benchmarks.gpu_budget import RowTimeout, Terminated, install_handlers, stopped_by_alarm  # noqa: F401
 from benchmarks.gpu_fit import run_fit
-from benchmarks.gpu_runtime import (error_note, fill_predicted_peak, fill_syncs, fill_timing, free_memory,
-                                    sync, time_unet, timed, warm_up)
+from benchmarks.gpu_runtime import (
+    error_note,
+    fill_predicted_peak,
+    fill_syncs,
+    fill_timing,
+    free_memory,
+    sync,
+    time_unet,
+    timed,
+    warm_up,
+)
 from benchmarks.gpu_table import COLUMNS, format_row, header_lines, write_outputs
 from benchmarks.official_like import official_like_sample, original_attention
 from benchmarks.profile_step import profile_steps

@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-
 # Devices whose ATen group_norm keeps a channels-last input channels-last. Elsewhere (CUDA) it
 # makes the input contiguous first, so every following conv would get an NCHW input with
 # channels-last weights and convert it again: there GroupNorm32 normalises in NHWC itself.

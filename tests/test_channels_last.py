@@ -8,8 +8,8 @@ import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import guided_diffusion
-from guided_diffusion import nn as gd_nn
 from ddfm.prior import PriorModel
+from guided_diffusion import nn as gd_nn
 from helpers import ROOT, TINY_MODEL_CONFIG
 
 

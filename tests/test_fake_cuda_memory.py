@@ -121,13 +121,13 @@ def test_ccf_plan_matches_a_fake_run_of_ccf_sample(dtype):
     """CCF's guidance runs on `meta` in the fake CUDA harness (autograd aborts on fake CUDA), out
     of its device tracker: the whole ccf_sample (UNet, conditions, their backward, Adam) runs here
     on a fake CPU, with the harness's recorder counting live CPU bytes (NCHW, two steps)."""
-    import guided_diffusion
     from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import guided_diffusion
     from ddfm.ccf import ccf_sample
+    from ddfm.config import read_yaml
     from ddfm.prior import PriorModel
     from fakecuda.recorder import DispatchRecorder, Recorder
-
-    from ddfm.config import read_yaml
 
     config = {**read_yaml(fakecuda.runner.MODEL_CONFIG), "model_path": None}
     with torch.device("meta"):

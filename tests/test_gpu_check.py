@@ -253,6 +253,7 @@ def test_sync_count_counts_the_sync_debug_warnings(monkeypatch):
     """On CUDA the count is the warnings of set_sync_debug_mode("warn"), set only around run();
     the loop's per-step syncs are the second step's, the rest are the set-up's."""
     import warnings
+
     from benchmarks import gpu_runtime
     modes = []
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)

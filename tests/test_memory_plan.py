@@ -167,6 +167,7 @@ def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
 
 def test_the_python_api_raises_the_same_line(monkeypatch):
     import numpy as np
+
     import ddfm
 
     fuser = ddfm.load_fuser(model_config=TINY_MODEL_CONFIG, model_path=str(TINY_WEIGHTS), prior="adm",
