@@ -1,7 +1,10 @@
 """Small shared helpers for the tests: paths, the tiny-model config, writing image pairs, child
-processes."""
+processes, a loopback HTTP server."""
+import contextlib
+import http.server
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,21 @@ TINY_MODEL_CONFIG = GOLDEN / "tiny_model_config.yaml"
 TINY_WEIGHTS = GOLDEN / "tiny_unet_state_dict.pt"
 DIFFUSION_CONFIG = ROOT / "configs" / "diffusion_config.yaml"
 MODEL_CONFIG = ROOT / "configs" / "model_config_imagenet.yaml"
+
+
+@contextlib.contextmanager
+def loopback_server(handler, join_timeout=5.0):
+    """A ThreadingHTTPServer on 127.0.0.1 (port chosen by the OS) serving from a background thread;
+    shut down and joined on exit, whatever the test did."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(join_timeout)
 
 
 def load_golden(name):

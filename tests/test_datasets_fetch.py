@@ -9,13 +9,13 @@ import http.server
 import json
 import os
 import re
-import threading
 import time
 
 import pytest
 
 from ddfm.datasets.__main__ import main
 from ddfm.datasets.registry import load_registry
+from helpers import loopback_server
 
 TIMEOUT = 5.0  # a bound on a hang, never a speed check
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -82,17 +82,12 @@ def mirror(tmp_path):
         (base / repo_path).parent.mkdir(parents=True, exist_ok=True)
         (base / repo_path).write_bytes(data)
     (base / "imgs/Vis/Thumbs.db").write_bytes(b"junk")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TreeHandler)
-    httpd.root, httpd.requests, httpd.slow = tmp_path / "mirror", [], {}
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.files, httpd.base = files, base
-    httpd.registry = write_registry(tmp_path / "registry.yaml", files)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(TIMEOUT)
+    with loopback_server(TreeHandler, TIMEOUT) as httpd:
+        httpd.root, httpd.requests, httpd.slow = tmp_path / "mirror", [], {}
+        httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        httpd.files, httpd.base = files, base
+        httpd.registry = write_registry(tmp_path / "registry.yaml", files)
+        yield httpd
 
 
 def fetch(mirror, root, *extra, registry=None):

@@ -4,12 +4,12 @@ import http.server
 import os
 import re
 import socket
-import threading
 
 import pytest
 
 from guided_diffusion import download as dl
 from guided_diffusion.download import DownloadError, download, part_path
+from helpers import loopback_server
 
 TIMEOUT = 5.0  # every request in these tests is local; nothing should ever take this long
 DATA = os.urandom(300 * 1024 + 17)  # a few hundred KB, not a multiple of the chunk size
@@ -58,18 +58,13 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     """A local HTTP server on 127.0.0.1 (port chosen by the OS), run in a background thread."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FileHandler)
-    httpd.payload = DATA
-    httpd.ignore_range = False
-    httpd.cut_at = None
-    httpd.ranges = []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/256x256_diffusion_uncond.pt"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(TIMEOUT)
+    with loopback_server(FileHandler, TIMEOUT) as httpd:
+        httpd.payload = DATA
+        httpd.ignore_range = False
+        httpd.cut_at = None
+        httpd.ranges = []
+        httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/256x256_diffusion_uncond.pt"
+        yield httpd
 
 
 def get(httpd, output, **kwargs):
