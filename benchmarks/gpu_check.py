@@ -54,8 +54,8 @@ from benchmarks.official_like import official_like_sample, original_attention
 from benchmarks.profile_step import profile_steps
 from ddfm import determinism, io
 from ddfm.defaults import DEFAULT_SEED
+from ddfm.methods.ddfm.sampling import StepFunction, ddfm_sample, per_image_noise, seeded_generators
 from ddfm.prior import set_tf32, wrap_unet
-from ddfm.sampling import StepFunction, ddfm_sample, per_image_noise, seeded_generators
 
 
 class Mode(NamedTuple):

@@ -8,7 +8,7 @@ import torch
 from ddfm import memory
 from ddfm.memory import is_out_of_memory  # noqa: F401  (gpu_fit imports it from here)
 from ddfm.messages import one_line
-from ddfm.sampling import Rectifier
+from ddfm.methods.ddfm.sampling import Rectifier
 
 
 def sync(device):

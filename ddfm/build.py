@@ -1,11 +1,11 @@
 """A Fuser (DDFM or CCF) from a resolved configuration: the one entry shared by sample.py's
 driver (ddfm.run) and the Python API (ddfm.load_fuser), so both give the same pixels."""
 from ddfm import determinism
-from ddfm.ccf_fusion import CCFFuser, settings_from_fusion
 from ddfm.defaults import DEFAULT_SEED
 from ddfm.distributed import local_device
 from ddfm.fusion import Fuser
 from ddfm.messages import ConfigError
+from ddfm.methods.ccf.fuser import CCFFuser, settings_from_fusion
 from ddfm.prior import build_diffusion, build_prior, resolve_device, resolve_prior
 
 

@@ -48,7 +48,7 @@ FUSION_DEFAULTS = {
     "threads": "auto",
     "deterministic": False,
 }
-# CCF's own keys (method: ccf), as released; ddfm.ccf's settings validate them (validate_ccf).
+# CCF's own keys (method: ccf), as released; ddfm.methods.ccf.guidance's settings validate them (validate_ccf).
 CCF_DEFAULTS = {
     "ccf_lr": 0.03,                 # Adam's step on x0 per diffusion step
     "ccf_topk": 3,                  # conditions selected per step (largest GradNorm weights)
@@ -215,7 +215,7 @@ def validate_fusion(fusion):
 
 def validate_method(fusion):
     """method ddfm | ccf: the choices only CCF has need method ccf; the ccf_ keys are checked by
-    ddfm.ccf's own settings validation (one line naming the key)."""
+    ddfm.methods.ccf.guidance's own settings validation (one line naming the key)."""
     if fusion["method"] != "ccf":
         for key, values in CCF_ONLY_CHOICES.items():
             if fusion[key] in values:
@@ -227,7 +227,7 @@ def validate_method(fusion):
     for key, default in CCF_DEFAULTS.items():
         if isinstance(default, bool) and not isinstance(fusion[key], bool):
             raise ConfigError(f"fusion config: {key} must be true or false, got {fusion[key]!r}")
-    from ddfm.ccf import settings_from_fusion
+    from ddfm.methods.ccf.guidance import settings_from_fusion
     try:
         settings_from_fusion(fusion)
     except (TypeError, ValueError) as err:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ddfm import determinism, distributed
-from ddfm.ccf_fusion import ccf_fingerprint
 from ddfm.defaults import DEFAULT_SEED
+from ddfm.methods.ccf.fuser import ccf_fingerprint
 from ddfm.savefolder.journal import settings_key
 
 # What the prior-free Bayesian fusion never reads, and why (issue 10): reported, not fingerprinted.

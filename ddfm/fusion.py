@@ -8,8 +8,8 @@ import torch
 from ddfm import determinism, io, memory
 from ddfm.defaults import DEFAULT_SEED
 from ddfm.color import rgb_to_luma, to_signed
-from ddfm.bayesfusion import bayes_fuse, to_uint8 as bayes_to_uint8
-from ddfm.sampling import StepFunction, ddfm_sample
+from ddfm.methods.priorfree.bayesfusion import bayes_fuse, to_uint8 as bayes_to_uint8
+from ddfm.methods.ddfm.sampling import StepFunction, ddfm_sample
 
 
 def chroma_source(src_a, src_b, color_mode):

@@ -1,8 +1,8 @@
 """The step after a run's last image, still under the folder's lock: the metrics of recon/
 (`evaluate: true`, saved as metrics.json) and the HTML report (`report: true`, report/), from one
 evaluation."""
-from ddfm.ccf_record import condition_strips
 from ddfm.messages import one_line
+from ddfm.methods.ccf.record import condition_strips
 from ddfm.metrics.evaluation import EvaluationError, evaluate_protocols, format_table, write_json
 from ddfm.present.report import write_report
 from ddfm.savefolder.layout import read_record

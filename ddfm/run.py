@@ -59,7 +59,7 @@ class Recorder:
             if frames:
                 io.write_gif(folder.with_suffix(".gif"), frames)
             if details:
-                from ddfm.ccf_record import write_step_record
+                from ddfm.methods.ccf.record import write_step_record
                 write_step_record(folder.with_suffix(".json"), folder.name, details)
 
 

@@ -124,8 +124,8 @@ def test_ccf_plan_matches_a_fake_run_of_ccf_sample(dtype):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import guided_diffusion
-    from ddfm.ccf import ccf_sample
     from ddfm.config import read_yaml
+    from ddfm.methods.ccf.guidance import ccf_sample
     from ddfm.prior import PriorModel
     from fakecuda.recorder import DispatchRecorder, Recorder
 

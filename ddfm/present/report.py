@@ -269,7 +269,7 @@ def write_report(out_dir, results, a_dir, b_dir, fused_dirs, source_names=("IR",
 
     results: list of evaluation results (one per protocol; may be empty); fused_dirs: {name:
     folder}; run_record: a run.json dict; gifs: {stem: path of the sampling GIF}; conditions:
-    {stem: ddfm.ccf_record.condition_strip} of a CCF run with record.
+    {stem: ddfm.methods.ccf.record.condition_strip} of a CCF run with record.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import torch
 
-from ddfm import color, em
+from ddfm import color
 from ddfm.defaults import DEFAULT_SEED
+from ddfm.methods.ddfm import em
 
 
 def seeded_generators(seed, count):

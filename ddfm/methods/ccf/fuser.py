@@ -1,11 +1,11 @@
 """The CCF fuser: source pairs -> [-1,1] RGB at the sampler's size -> ccf_sample -> 8-bit images.
 
 Same interface as ddfm.fusion.Fuser (the CLI and the Python API cannot tell them apart); the
-condition-guided sampler itself is ddfm.ccf. Roles as released: the first modality is I
+condition-guided sampler itself is ddfm.methods.ccf.guidance. Roles as released: the first modality is I
 (infrared role), the second V (visible role). Sizes:
 - pad: reflect-pad to /32; the conditions see only the source's pixels; cropped back.
 - crop: the top-left crop to /32.
-- official: the released resize (ddfm.ccf_io.official_size), outputs resized back except `rgb`.
+- official: the released resize (ddfm.methods.ccf.io.official_size), outputs resized back except `rgb`.
 Colours (`color`):
 - rgb: the released `recon`: the RGB sample, global min-max, truncated (at the sampled size).
 - visible: the released `recon_color`: the sample's Y (min-max, truncated) with the visible Cr/Cb.
@@ -15,10 +15,11 @@ Colours (`color`):
 import numpy as np
 import torch
 
-from ddfm import ccf, ccf_io, ccf_record, io
-from ddfm.ccf import settings_from_fusion  # noqa: F401  (the fuser builds its settings with it)
+from ddfm import io
 from ddfm.color import LUMA_WEIGHTS
 from ddfm.fusion import Fuser
+from ddfm.methods.ccf import guidance as ccf, io as ccf_io, record as ccf_record
+from ddfm.methods.ccf.guidance import settings_from_fusion  # noqa: F401  (the fuser builds its settings with it)
 
 UNIT = np.float32(255)
 
@@ -30,9 +31,9 @@ def pad_reflect_rgb(rgb):
 
 
 class CCFFuser(Fuser):
-    """Fuses pairs with CCF's condition-guided DDIM (ddfm.ccf) on the ADM prior.
+    """Fuses pairs with CCF's condition-guided DDIM (ddfm.methods.ccf.guidance) on the ADM prior.
 
-    settings: the validated ddfm.ccf settings (lr, top-k, alpha, conditions, quirk switches).
+    settings: the validated ddfm.methods.ccf.guidance settings (lr, top-k, alpha, conditions, quirk switches).
     """
 
     def __init__(self, fusion, settings, seed=3407, model=None, diffusion=None, device="cpu"):
@@ -87,7 +88,7 @@ class CCFFuser(Fuser):
         with the thread count and `deterministic`); returns uint8 images.
 
         step_callback(i, frames, details) gets after every step each image's progress frame (the
-        released one: the new latent's Y, min-max, truncated) and its per-step record (ddfm.ccf
+        released one: the new latent's Y, min-max, truncated) and its per-step record (ddfm.methods.ccf.guidance
         step_details: selected conditions, losses, weights).
         """
         ir = torch.cat([self._to_tensor_rgb(a) for a, _ in pairs])
@@ -109,7 +110,7 @@ class CCFFuser(Fuser):
         return [self._image(sample[k, :h, :w], a, b) for k, ((a, b), (h, w)) in enumerate(zip(pairs, valid))]
 
 
-# ccf_ keys that ddfm.ccf_io uses rather than the sampler's settings.
+# ccf_ keys that ddfm.methods.ccf.io uses rather than the sampler's settings.
 IO_KEYS = ("ccf_portrait_resize",)
 
 

@@ -1,6 +1,6 @@
 """Pixel-wise baseline fusions (mean and max of the two sources' luma), for comparisons.
 
-    python -m ddfm.baselines --ir input/ir --vi input/vi --out output/baselines
+    python -m ddfm.methods.baselines --ir input/ir --vi input/vi --out output/baselines
 
 writes <out>/mean/<stem>.png and <out>/max/<stem>.png: honest, trivially reproducible methods to
 put beside a real one in a figure or report (they are not DDFM).

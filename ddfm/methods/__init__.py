@@ -1,0 +1,1 @@
+"""The fusion methods, one folder (or module) each."""
