@@ -14,7 +14,7 @@ import torch
 
 from benchmarks import gpu_setup
 from benchmarks.gpu_runtime import fill_predicted_peak, fill_syncs, fill_timing, free_memory, sync, time_unet, timed
-from ddfm.defaults import DEFAULT_SEED
+from ddfm.common import DEFAULT_SEED
 from ddfm.methods.ccf import io as ccf_io
 from ddfm.methods.ccf.guidance import ccf_sample
 

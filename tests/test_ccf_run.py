@@ -151,14 +151,14 @@ def test_record_writes_frames_and_the_per_step_conditions(tmp_path):
 def test_ccf_keys_are_the_core_settings_with_the_released_defaults():
     from dataclasses import fields
 
-    from ddfm.config import CCF_DEFAULTS, FUSION_DEFAULTS, read_yaml
-    from ddfm.methods.ccf.fuser import IO_KEYS, settings_from_fusion
-    from ddfm.methods.ccf.guidance import CCFSettings
+    from ddfm.config import fusion_defaults, read_yaml
+    from ddfm.methods.ccf import IO_KEYS, KEYS as CCF_DEFAULTS
+    from ddfm.methods.ccf.guidance import CCFSettings, settings_from_fusion
     defaults = {f.name: f.default for f in fields(CCFSettings)}
     for key, value in CCF_DEFAULTS.items():
         if key not in IO_KEYS:
             assert defaults[key[len("ccf_"):]] == (tuple(value) if isinstance(value, list) else value), key
-    assert settings_from_fusion(FUSION_DEFAULTS) == CCFSettings()
+    assert settings_from_fusion(fusion_defaults()) == CCFSettings()
     yaml_values = read_yaml(ROOT / "configs" / "fusion_config.yaml")
     assert {k: yaml_values[k] for k in CCF_DEFAULTS} == CCF_DEFAULTS
 

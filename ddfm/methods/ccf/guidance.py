@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from ddfm.messages import ConfigError
+from ddfm.common import ConfigError
 from ddfm.methods.ccf.conditions import CONDITION_NAMES, MSE_INDEX, ConditionBank
 
 # Equal weights are ranked in this order of condition ids: torch.topk's order for eight equal

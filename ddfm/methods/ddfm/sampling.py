@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 from ddfm import color
-from ddfm.defaults import DEFAULT_SEED
+from ddfm.common import DEFAULT_SEED
 from ddfm.methods.ddfm import em
 
 
