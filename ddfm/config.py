@@ -62,8 +62,6 @@ DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps"
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
 # What torch.Generator.manual_seed accepts (a signed or unsigned 64-bit integer).
 SEED_RANGE = (-2**63, 2**64 - 1)
-# Where the project lives: configs and a relative model_path are found from here as well.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 
@@ -247,17 +245,6 @@ def validate_diffusion(diffusion):
     return diffusion
 
 
-def locate_model_path(path):
-    """A relative model_path is taken from the working directory, else from the project folder
-    (so `models/...` works wherever sample.py is started from); absent everywhere, it is kept."""
-    if not path:
-        return path
-    path = Path(str(path)).expanduser()
-    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-        return str(PROJECT_ROOT / path)
-    return str(path)
-
-
 def load_config(model_path, diffusion_path, fusion_path=None, overrides=()):
     """Read, merge and validate the three configs; returns a Config."""
     model = read_yaml(model_path)
@@ -272,7 +259,6 @@ def load_config(model_path, diffusion_path, fusion_path=None, overrides=()):
         diffusion.update({k: given.pop(k) for k in DIFFUSION_KEYS if k in given})
         fusion.update(given)
     config = apply_overrides(Config(model, diffusion, fusion), overrides)
-    config.model["model_path"] = locate_model_path(config.model.get("model_path"))
     validate_fusion(config.fusion)
     config.method.prepare_diffusion(config.diffusion, config.fusion)  # e.g. the sampler it needs
     validate_diffusion(config.diffusion)

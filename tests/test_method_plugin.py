@@ -163,3 +163,25 @@ def test_keys_added_after_a_release_leave_the_fingerprint_at_their_released_valu
     assert not set(later) & set(released) and released["ccf_topk"] == 3
     changed = fingerprint("ccf_adam_persistent=false")
     assert changed["ccf_adam_persistent"] is False and changed != released
+
+
+def test_mean_max_and_prior_free_run_through_sample_py_and_resume(tmp_path, capsys):
+    from ddfm.methods.baselines.pixels import write_baselines
+
+    make_dataset(tmp_path / "in", {"p1": random_pair(83, 32, 40), "p2": random_pair(84, 36, 36)})
+    assert write_baselines(tmp_path / "in" / "ir", tmp_path / "in" / "vi", tmp_path / "tool") == 2
+    for name in ("mean", "max"):
+        assert sample.main(["--input_dir", str(tmp_path / "in"), "--save_dir", str(tmp_path / name),
+                            "--quiet", f"method={name}"]) == 0
+        record = json.loads((tmp_path / name / "run.json").read_text())
+        assert record["prior"]["method"] == name and record["fingerprint"]["method"] == name
+        for stem in ("p1", "p2"):  # the same pixels as the folder tool
+            assert np.array_equal(read_png(tmp_path / name / "recon" / f"{stem}.png"),
+                                  read_png(tmp_path / "tool" / name / f"{stem}.png"))
+    # method: prior-free and DDFM's fallback without a prior are the same settings: they resume each other.
+    args = ["--input_dir", str(tmp_path / "in"), "--save_dir", str(tmp_path / "pf"), "--quiet"]
+    assert sample.main(args + ["method=prior-free"]) == 0
+    assert sample.main(args + ["method=ddfm", "prior=none"]) == 0
+    record = json.loads((tmp_path / "pf" / "run.json").read_text())
+    assert record["skipped"] == ["p1", "p2"] and record["prior"]["method"] == "prior-free"
+    assert record["ignored"]["keys"]["method"] == "ddfm" and "variant" in record["ignored"]["keys"]
