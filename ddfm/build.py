@@ -21,7 +21,7 @@ def build_fuser(config, log):
         reason = f"method {method.name}, no prior: {method.summary}"
         log(reason)
         return method.build(run, settings, None), {"prior": "none", "reason": reason, "method": method.name}
-    kind, reason = resolve_prior(run.prior, config.model, method.label)
+    kind, reason = resolve_prior(run.prior, config.model.get("model_path"), method.label)
     log(reason)
     if kind == "none":
         fallback = methods.get(methods.FALLBACK)

@@ -50,10 +50,10 @@ def resolve_device(name):
     return device
 
 
-def resolve_prior(mode, model_config, label="DDFM"):
+def resolve_prior(mode, model_path, label="DDFM"):
     """Decide between 'adm' and 'none' for the method called `label`; returns (kind, reason)
     or raises CheckpointError."""
-    path = locate_checkpoint(model_config.get("model_path"))  # as given, else under $DDFM_HOME
+    path = locate_checkpoint(model_path)  # as given, else the project folder, else $DDFM_HOME
     if mode == "none":
         return "none", "prior=none: prior-free Bayesian fusion"
     if path and Path(path).is_file():

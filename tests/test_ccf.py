@@ -13,7 +13,7 @@ import guided_diffusion
 from ddfm.config import ConfigError
 from ddfm.methods.ccf import guidance as ccf
 from ddfm.methods.ccf.conditions import CONDITION_NAMES, ConditionBank, condition_losses, haar_dwt
-from ddfm.methods.ddfm.sampling import per_image_noise, seeded_generators
+from ddfm.noise import per_image_noise, seeded_generators
 from helpers import GOLDEN, TINY_MODEL_CONFIG, TINY_WEIGHTS
 
 STEPS = 10

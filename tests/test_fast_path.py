@@ -6,7 +6,8 @@ import yaml
 
 import guided_diffusion
 from ddfm.config import ConfigError, fusion_defaults, validate_fusion
-from ddfm.methods.ddfm.sampling import Rectifier, StepFunction, StepNoise, per_image_noise, seeded_generators
+from ddfm.methods.ddfm.sampling import Rectifier, StepFunction
+from ddfm.noise import StepNoise, per_image_noise, seeded_generators
 from ddfm.prior import PriorModel
 from guided_diffusion.gaussian_diffusion import DEVICE_TABLES, extract_into_tensor
 from helpers import TINY_MODEL_CONFIG, TINY_WEIGHTS

@@ -10,8 +10,8 @@ The built-in methods are the modules and folders of this package, each listing i
 fingerprint, postrun) never branches on which method it got.
 
 What lives here may import ddfm.common, ddfm.settings, ddfm.io, ddfm.color, ddfm.files,
-ddfm.fusion (the fuser every method shares), ddfm.memory, ddfm.determinism and guided_diffusion;
-never the driver, ddfm.savefolder, ddfm.present or ddfm.cli.
+ddfm.fusion (the fuser every method shares), ddfm.noise, ddfm.memory, ddfm.determinism,
+ddfm.metrics and guided_diffusion; never the driver, ddfm.savefolder, ddfm.present or ddfm.cli.
 """
 import importlib
 import pkgutil

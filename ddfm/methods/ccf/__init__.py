@@ -4,7 +4,7 @@ Adam guidance and its DDIM loop (guidance.py), the released resize and outputs (
 of ddfm.methods.
 
 May import ddfm.common, ddfm.settings, ddfm.color, ddfm.io, ddfm.files, ddfm.fusion,
-ddfm.methods.ddfm.sampling (the seeded noise) and guided_diffusion; nothing of the driver or the
+ddfm.noise and guided_diffusion; nothing of the driver or the
 save folder. This file stays light (no torch): the registry reads it when a configuration is
 loaded.
 """

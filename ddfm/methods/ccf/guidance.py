@@ -24,6 +24,7 @@ import torch
 
 from ddfm.common import ConfigError
 from ddfm.methods.ccf.conditions import CONDITION_NAMES, MSE_INDEX, ConditionBank
+from ddfm.noise import per_image_noise, seeded_generators
 
 # Equal weights are ranked in this order of condition ids: torch.topk's order for eight equal
 # weights on the CPU in the released run (k = 1..8 select 6; 6, 5; 6, 5, 4; ... nested), so the
@@ -288,12 +289,11 @@ def ccf_sample(model, diffusion, ir, vis, *, settings=None, seed=3407, generator
     the last step's guided x0).
 
     ir, vis: (N, 3, H, W) float32 in [-1, 1], H and W divisible by 32 for the ADM UNet. x_T from
-    per-image CPU generators (ddfm.methods.ddfm.sampling) unless given. DDIM eta 0 over all respaced steps of
+    per-image CPU generators (ddfm.noise) unless given. DDIM eta 0 over all respaced steps of
     `diffusion`. callback(dict) gets i, t (original timestep), x (the new latent), pred_xstart
     (clipped), guided (x0'), losses (N, 8), topk (N, k), w_before, w_after, G, w_grad, total.
     step: a CCFStep-like callable (default: CCFStep(model, diffusion, settings.eps_unguided)).
     """
-    from ddfm.methods.ddfm.sampling import per_image_noise, seeded_generators
 
     settings = CCFSettings() if settings is None else settings
     n, _, h, w = ir.shape
