@@ -35,11 +35,12 @@ def _load_builtins():
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
+    found = []
     for info in pkgutil.iter_modules(__path__):
         if info.name != "base":
-            module = importlib.import_module(f"{__name__}.{info.name}")
-            for method in getattr(module, "METHODS", ()):
-                _REGISTRY.setdefault(method.name, method)
+            found += getattr(importlib.import_module(f"{__name__}.{info.name}"), "METHODS", ())
+    for method in sorted(found, key=lambda m: (m.rank, m.name)):
+        _REGISTRY.setdefault(method.name, method)
 
 
 def register(method):

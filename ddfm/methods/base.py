@@ -26,6 +26,7 @@ class Method:
     holds per pixel besides the UNet's activations (ddfm.memory plans a batch with it).
     """
     name = ""
+    rank = 100  # where names() lists a built-in method (lower first)
     label = ""
     summary = ""
     needs_prior = True

@@ -13,9 +13,9 @@ class PixelMethod(Method):
     """One pixel rule of ddfm.methods.baselines.pixels.BASELINES, at the source size."""
     needs_prior = False
 
-    def __init__(self, name, summary):
+    def __init__(self, name, summary, rank):
         self.name = self.label = name
-        self.summary = summary
+        self.summary, self.rank = summary, rank
 
     def fingerprint(self, run, settings):
         return {"method": self.name}
@@ -25,5 +25,5 @@ class PixelMethod(Method):
         return PixelFuser(run, self.name)
 
 
-METHODS = [PixelMethod("mean", "the pixel mean of the two sources' luma, rounded down (a baseline)"),
-           PixelMethod("max", "the pixel maximum of the two sources' luma (a baseline)")]
+METHODS = [PixelMethod("mean", "the pixel mean of the two sources' luma, rounded down (a baseline)", 3),
+           PixelMethod("max", "the pixel maximum of the two sources' luma (a baseline)", 4)]

@@ -43,13 +43,13 @@ class CCFRunSettings:
 
 
 class CCFMethod(Method):
-    name, label = "ccf", "CCF"
+    name, label, rank = "ccf", "CCF", 1
     summary = "CCF: DDIM on the ADM prior, x0 guided by top-k fusion conditions (GradNorm + Adam)"
     keys = KEYS
     fingerprint_since = ADDED_LATER
     choices = {"size": ("official",), "color": ("rgb", "visible")}
     compile_modes = ("none", "unet")
-    sampler_bytes_per_pixel = 256
+    sampler_bytes_per_pixel = 256  # sources, x_t, x0, Adam's moments, the conditions' grads
 
     def settings(self, fusion):
         for key, default in KEYS.items():

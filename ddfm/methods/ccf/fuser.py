@@ -18,7 +18,7 @@ import torch
 from ddfm import io
 from ddfm.color import LUMA_WEIGHTS
 from ddfm.fusion import Fuser
-from ddfm.methods.ccf import guidance as ccf, io as ccf_io, record as ccf_record
+from ddfm.methods.ccf import CCFMethod, guidance as ccf, io as ccf_io, record as ccf_record
 
 UNIT = np.float32(255)
 
@@ -35,7 +35,7 @@ class CCFFuser(Fuser):
     settings: CCFRunSettings (ddfm.methods.ccf): the sampler's CCFSettings (lr, top-k, alpha,
     conditions, quirk switches) and the released resize's portrait switch.
     """
-    sampler_bytes_per_pixel = 256  # sources, x_t, x0, Adam's moments, the conditions' grads (ddfm.memory)
+    sampler_bytes_per_pixel = CCFMethod.sampler_bytes_per_pixel
 
     def __init__(self, run, settings, prior):
         super().__init__(run, prior)

@@ -43,11 +43,11 @@ def _number(value, key):
 
 
 class DDFMMethod(Method):
-    name, label = "ddfm", "DDFM"
+    name, label, rank = "ddfm", "DDFM", 0
     summary = "DDFM: the ADM prior's x0 rectified by one EM step of the Bayesian fusion model per step"
     keys = {"variant": "official", "lamb": 0.5, "rho": 0.001}
     compile_modes = ("none", "unet", "step", "graph")
-    sampler_bytes_per_pixel = 128
+    sampler_bytes_per_pixel = 128  # sources, x_t, x0 and the EM state (ddfm.memory)
 
     def settings(self, fusion):
         return DDFMSettings(str(fusion["variant"]).lower(), _number(fusion["lamb"], "lamb"),

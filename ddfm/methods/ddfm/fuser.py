@@ -4,6 +4,7 @@ import torch
 from ddfm import io
 from ddfm.color import rgb_to_luma
 from ddfm.fusion import Fuser
+from ddfm.methods.ddfm import DDFMMethod
 from ddfm.methods.ddfm.sampling import StepFunction, ddfm_sample
 
 
@@ -11,7 +12,7 @@ class DDFMFuser(Fuser):
     """Fuses pairs with DDFM's EM-rectified sampler (ddfm.methods.ddfm.sampling) on the ADM prior.
 
     settings: DDFMSettings (variant, lamb, rho)."""
-    sampler_bytes_per_pixel = 128  # sources, x_t, x0 and the EM state (ddfm.memory)
+    sampler_bytes_per_pixel = DDFMMethod.sampler_bytes_per_pixel
 
     def __init__(self, run, settings, prior):
         super().__init__(run, prior)

@@ -10,7 +10,7 @@ from ddfm.methods.base import Method
 
 
 class PriorFreeMethod(Method):
-    name, label = "prior-free", "prior-free"
+    name, label, rank = "prior-free", "prior-free", 2
     summary = "the hierarchical-Bayesian fusion alone (no diffusion prior), on the CPU at the source size"
     needs_prior = False
     why_no_effect = ("the prior-free Bayesian fusion runs on the CPU at the source size with the BF "
