@@ -44,7 +44,8 @@ def build(folder, pairs, h, w):
     args = ["--input_dir", str(inputs), "--save_dir", str(out), "--quiet", "prior=none"]
     config = load_config(ROOT / "configs" / "model_config_imagenet.yaml", ROOT / "configs" / "diffusion_config.yaml",
                          None, [("input_dir", str(inputs)), ("prior", "none")])
-    header = record_header(config, {"prior": "none"}, output_fingerprint(config, "none"), out)
+    prior_info = {"prior": "none", "method": "prior-free"}
+    header = record_header(config, prior_info, output_fingerprint(config, prior_info), out)
     layout, run_id = Layout(out), new_run_id()
     layout.root.mkdir(parents=True)
     append(layout.journal, {"event": "settings", "run": run_id, "key": header["settings_key"],

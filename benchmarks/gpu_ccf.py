@@ -14,9 +14,9 @@ import torch
 
 from benchmarks import gpu_setup
 from benchmarks.gpu_runtime import fill_predicted_peak, fill_syncs, fill_timing, free_memory, sync, time_unet, timed
-from ddfm import ccf_io
-from ddfm.ccf import ccf_sample
-from ddfm.defaults import DEFAULT_SEED
+from ddfm.common import DEFAULT_SEED
+from ddfm.methods.ccf import io as ccf_io
+from ddfm.methods.ccf.guidance import ccf_sample
 
 EXACT = "ccf_fp32_exact"
 # row name -> (dtype key, channels_last, compile key), as gpu_check.Mode

@@ -53,9 +53,10 @@ from benchmarks.gpu_table import COLUMNS, format_row, header_lines, write_output
 from benchmarks.official_like import official_like_sample, original_attention
 from benchmarks.profile_step import profile_steps
 from ddfm import determinism, io
-from ddfm.defaults import DEFAULT_SEED
+from ddfm.common import DEFAULT_SEED
+from ddfm.methods.ddfm.sampling import StepFunction, ddfm_sample
+from ddfm.noise import per_image_noise, seeded_generators
 from ddfm.prior import set_tf32, wrap_unet
-from ddfm.sampling import StepFunction, ddfm_sample, per_image_noise, seeded_generators
 
 
 class Mode(NamedTuple):

@@ -4,7 +4,7 @@ import torch
 from benchmarks import gpu_setup
 from benchmarks.gpu_runtime import error_note, error_reason, free_memory, is_out_of_memory, sync, warm_up
 from ddfm import memory
-from ddfm.sampling import per_image_noise, seeded_generators
+from ddfm.noise import per_image_noise, seeded_generators
 
 FIT_LIMITS_GB = (12, 24)
 FIT_MODE = "bf16_cl"  # the fast eager path: its step is built once and tried at every size

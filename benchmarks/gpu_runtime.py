@@ -5,10 +5,10 @@ import warnings
 
 import torch
 
-from ddfm import memory
+from ddfm import memory, methods
+from ddfm.common import one_line
 from ddfm.memory import is_out_of_memory  # noqa: F401  (gpu_fit imports it from here)
-from ddfm.messages import one_line
-from ddfm.sampling import Rectifier
+from ddfm.methods.ddfm.sampling import Rectifier
 
 
 def sync(device):
@@ -119,4 +119,5 @@ def fill_syncs(row, run_steps, device):
 def fill_predicted_peak(row, model, h, w, batch, method, device):
     """pred_peak_gb: ddfm.memory's plan for this model, size and method (the measured
     peak_alloc_gb beside it shows how well the plan holds on the card)."""
-    row["pred_peak_gb"] = memory.plan_peak(model, h, w, batch, method, device).total / 2**30
+    per_pixel = methods.get(method).sampler_bytes_per_pixel
+    row["pred_peak_gb"] = memory.plan_peak(model, h, w, batch, per_pixel, device).total / 2**30

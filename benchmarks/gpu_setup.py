@@ -20,7 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import guided_diffusion
 from ddfm import io
 from ddfm.color import to_signed
-from ddfm.config import locate_model_path, read_yaml
+from ddfm.config import read_yaml
+from guided_diffusion.checkpoint import locate_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,7 +128,7 @@ def randomise_(unet, seed=0):
 
 def host_weights(config, model_path, device, seed=0):
     """The UNet's float32 state dict on the host and a line saying where it came from."""
-    model_path = locate_model_path(model_path)
+    model_path = locate_checkpoint(model_path)
     if model_path and Path(model_path).is_file():
         unet = guided_diffusion.create_model(**config, model_path=model_path)
         source = f"checkpoint {model_path} (real weights)"

@@ -11,6 +11,14 @@ Programmatic use shares every line with `sample.py` (`ddfm fuse`):
 The first image plays the infrared role (intensity: ir, ct, pet, spect), the second the visible
 role (texture: vi, mri). Importing this package loads nothing heavy: torch comes with the first
 fuser, matplotlib and Jinja2 only with a figure or a report.
+
+Layout: the driver and configuration live at the top of the package (`config` validates the YAML
+once and yields typed `settings`; `build` asks `methods` for the method by name; `run` drives the
+pairs into the `savefolder`; `fingerprint`, `postrun`, `prior`, `memory`, `determinism`); the
+rooms below it are `methods/` (one folder per method, one registry), `metrics/`, `present/`,
+`savefolder/`, `datasets/` and `cli/` (the command lines, on top of everything). `common` is the
+leaf they all share. Arrows run downwards only: nothing in `methods/` imports the driver or the
+save folder, and `guided_diffusion` (the prior) imports nothing of `ddfm`.
 """
 from __future__ import annotations
 

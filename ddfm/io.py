@@ -3,7 +3,7 @@
 Values on disk are 8-bit grey levels; `read_image` returns float64 luma in [0, 255] the way the
 official code reads it (OpenCV's 8-bit read, then BT.601 luma of the RGB, rounded), plus the RGB
 when the file really is colour so that its chroma can be put back on the fused luma. Decoding is
-`metrics_io.decode_rgb8`, shared with the metrics, so a file has the same luma for fusion and for
+`ddfm.metrics.images.decode_rgb8`, shared with the metrics, so a file has the same luma for fusion and for
 evaluation; arrays given to the Python API follow the same convention (`source_from_array`).
 """
 from dataclasses import dataclass
@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from ddfm import color
+from ddfm.common import FusionInputError, one_line
 from ddfm.files import write_atomic
-from ddfm.messages import one_line
 from ddfm.metrics.images import IMAGE_EXTENSIONS, UnsupportedImageError, decode_rgb8, luma_from_rgb8
 
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
@@ -23,10 +23,6 @@ MULTIPLE = 32  # the ADM UNet has five stride-2 stages
 FLOAT_TOLERANCE = 0.5 / 255.0
 # Legacy imageio's rounding offset: floor(v + HALF_DOWN) rounds halves down (see legacy_imageio_uint8).
 HALF_DOWN = 0.499999999
-
-
-class FusionInputError(ValueError):
-    """Bad input (a file, a pair or a folder), reported as one line naming it."""
 
 
 @dataclass
@@ -112,7 +108,7 @@ def read_file_bytes(path):
 
 
 def read_image(path, data=None):
-    """Decode one source file (metrics_io.decode_rgb8, the project's one convention); data: its
+    """Decode one source file (ddfm.metrics.images.decode_rgb8, the project's one convention); data: its
     bytes when the caller has read them already.
 
     Every problem, a corrupt file, an unsupported mode, a decompression bomb or no memory for a

@@ -29,8 +29,9 @@ would be quadratic in the pixels (8 heads * T^2 * 4 bytes: 0.74 GB at 480x640).
 
 sampler_bytes_per_pixel: what the method holds while the UNet runs: the UNet's input (12 B),
 the sources, x_t, x0, the EM or CCF state, counted by fake runs (DDFM: the full fuser on
-simulated CUDA; CCF, whose guidance that harness runs on `meta`: ccf_sample on a fake CPU):
-DDFM 128 B/px, CCF 256 B/px, + 12 with channels-last (the NHWC copy of the input).
+simulated CUDA; CCF, whose guidance that harness runs on `meta`: its sampler on a fake CPU):
+DDFM 128 B/px, CCF 256 B/px (each method's sampler_bytes_per_pixel, ddfm.methods), + 12 with
+channels-last (the NHWC copy of the input).
 
 Checked against the live device bytes of a simulated-CUDA run of the full fuser (FakeTensorMode,
 tests/test_fake_cuda_memory.py) at 256x256, 480x640 and 768x1024. Not in the model: the CUDA
@@ -45,8 +46,9 @@ from typing import NamedTuple
 import torch
 
 GIB = 2 ** 30
-# Bytes per pixel a method holds besides the UNet's activations (see the module docstring).
-SAMPLER_BYTES_PER_PIXEL = {"ddfm": 128, "ccf": 256}
+# Bytes per pixel DDFM's sampler holds besides the UNet's activations (see the module docstring);
+# every method states its own (ddfm.methods.Method.sampler_bytes_per_pixel).
+DEFAULT_SAMPLER_BYTES = 128
 CHANNELS_LAST_INPUT_BYTES_PER_PIXEL = 12  # the float32 3-channel input copied to NHWC
 REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -107,7 +109,8 @@ def activation_bytes(model):
     return 2 if dtype in REDUCED_DTYPES else 4
 
 
-def plan_peak(model, h, w, batch=1, method="ddfm", device=None, channels_last=None, block_dtype=None):
+def plan_peak(model, h, w, batch=1, sampler_bytes=DEFAULT_SAMPLER_BYTES, device=None, channels_last=None,
+              block_dtype=None):
     """The predicted peak of fusing `batch` images of h x w with `model` (a prior as built by
     ddfm.prior.wrap_unet). channels_last / block_dtype: plan another setting than the model's."""
     from guided_diffusion.nn import NATIVE_CHANNELS_LAST_DEVICES
@@ -119,14 +122,14 @@ def plan_peak(model, h, w, batch=1, method="ddfm", device=None, channels_last=No
         device = next(unet.parameters()).device
     a = activation_bytes(model) if block_dtype is None else torch.empty((), dtype=block_dtype).element_size()
     nhwc = channels_last and torch.device(device).type not in NATIVE_CHANNELS_LAST_DEVICES
-    per_pixel = (unet_bytes_per_pixel(unet, a, nhwc) + SAMPLER_BYTES_PER_PIXEL[method]
+    per_pixel = (unet_bytes_per_pixel(unet, a, nhwc) + sampler_bytes
                  + (CHANNELS_LAST_INPUT_BYTES_PER_PIXEL if channels_last else 0))
     return PeakPlan(weight_bytes(unet, block_dtype), per_pixel, batch * h * w)
 
 
-def largest_square(model, limit_bytes, method="ddfm", device=None, multiple=32):
+def largest_square(model, limit_bytes, sampler_bytes=DEFAULT_SAMPLER_BYTES, device=None, multiple=32):
     """The largest square side (a multiple of `multiple`) whose planned peak fits limit_bytes."""
-    plan = plan_peak(model, 1, 1, 1, method, device)
+    plan = plan_peak(model, 1, 1, 1, sampler_bytes, device)
     room = limit_bytes - plan.weights
     side = int(math.isqrt(max(0, room) // plan.per_pixel)) // multiple * multiple
     return side
@@ -154,19 +157,19 @@ def gib(n):
     return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 2 ** 20:.1f} MiB"
 
 
-def hint(model, plan, h, w, batch, method, device):
+def hint(model, plan, h, w, batch, sampler_bytes, device):
     """What would make it fit, with the predicted peak of each cheaper setting."""
     tries = []
     if activation_bytes(model) == 4:
-        bf16 = plan_peak(model, h, w, batch, method, device, block_dtype=torch.bfloat16)
+        bf16 = plan_peak(model, h, w, batch, sampler_bytes, device, block_dtype=torch.bfloat16)
         tries.append(f"dtype: bf16 ({gib(bf16.total)})")
     channels_last = bool(getattr(getattr(model, "_orig_mod", model), "channels_last", False))
     if not channels_last:
-        cl = plan_peak(model, h, w, batch, method, device, channels_last=True)
+        cl = plan_peak(model, h, w, batch, sampler_bytes, device, channels_last=True)
         if cl.total < plan.total:
             tries.append(f"channels_last: true ({gib(cl.total)})")
     if batch > 1:
-        tries.append(f"batch_size: 1 ({gib(plan_peak(model, h, w, 1, method, device).total)})")
+        tries.append(f"batch_size: 1 ({gib(plan_peak(model, h, w, 1, sampler_bytes, device).total)})")
     tries.append("smaller images or a card with more free memory")
     return "try " + ", ".join(tries)
 
@@ -178,29 +181,29 @@ def refusal(plan, free, h, w, batch, device, advice):
             f"{gib(free)} free; {advice}")
 
 
-def check_fits(model, h, w, batch, method, device):
+def check_fits(model, h, w, batch, sampler_bytes, device):
     """Raise DeviceMemoryError (one line) when the predicted peak exceeds the free memory of a
     CUDA device; returns the plan (None when the device has nothing to plan against)."""
     free = free_bytes(device)
     if free is None:
         return None
-    plan = plan_peak(model, h, w, batch, method, device)
+    plan = plan_peak(model, h, w, batch, sampler_bytes, device)
     if plan.activations > free:  # the weights are on the device already
         raise DeviceMemoryError(refusal(plan, free, h, w, batch, device,
-                                        hint(model, plan, h, w, batch, method, device)))
+                                        hint(model, plan, h, w, batch, sampler_bytes, device)))
     return plan
 
 
-def out_of_memory_line(err, model, h, w, batch, method, device):
+def out_of_memory_line(err, model, h, w, batch, sampler_bytes, device):
     """The one line of an out-of-memory error mid-pair. Clears the error's frames (their tensors)
     and empties torch's cache, so the next pair starts with the memory this one held."""
     traceback.clear_frames(err.__traceback__)
-    plan = plan_peak(model, h, w, batch, method, device)
+    plan = plan_peak(model, h, w, batch, sampler_bytes, device)
     release(device)
     free = free_bytes(device)
     where = "free memory unknown" if free is None else f"{gib(free)} free after clean-up"
     return (f"{h}x{w} (batch {batch}) ran out of memory on {device} (predicted peak "
-            f"{gib(plan.total)}, {where}); {hint(model, plan, h, w, batch, method, device)}")
+            f"{gib(plan.total)}, {where}); {hint(model, plan, h, w, batch, sampler_bytes, device)}")
 
 
 def release(device):

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 import guided_diffusion
+from ddfm.common import one_line
 from ddfm.config import ConfigError
-from ddfm.messages import one_line
 from guided_diffusion.checkpoint import CheckpointError, locate_checkpoint, missing_file_message, places_looked
 
 # dtype key -> (dtype the UNet's block convs are cast to once, autocast dtype). GroupNorm, the
@@ -50,9 +50,10 @@ def resolve_device(name):
     return device
 
 
-def resolve_prior(mode, model_config, method="ddfm"):
-    """Decide between 'adm' and 'none'; returns (kind, reason) or raises CheckpointError."""
-    path = locate_checkpoint(model_config.get("model_path"))  # as given, else under $DDFM_HOME
+def resolve_prior(mode, model_path, label="DDFM"):
+    """Decide between 'adm' and 'none' for the method called `label`; returns (kind, reason)
+    or raises CheckpointError."""
+    path = locate_checkpoint(model_path)  # as given, else the project folder, else $DDFM_HOME
     if mode == "none":
         return "none", "prior=none: prior-free Bayesian fusion"
     if path and Path(path).is_file():
@@ -60,7 +61,7 @@ def resolve_prior(mode, model_config, method="ddfm"):
     if mode == "adm":
         raise CheckpointError(missing_file_message(path))
     return "none", (f"checkpoint {places_looked(path)} not found: running the PRIOR-FREE Bayesian fusion "
-                    f"(not {method.upper()}); see README 'Getting the checkpoint'")
+                    f"(not {label}); see README 'Getting the checkpoint'")
 
 
 class PriorModel(torch.nn.Module):

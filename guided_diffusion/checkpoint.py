@@ -77,14 +77,22 @@ def _download_command(path, force=False):
     return f"`{command}`"
 
 
+def source_checkout():
+    """The project folder when this package runs from a source checkout (not when installed)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "guided_diffusion").is_dir() else None
+
+
 def checkpoint_places(path):
     """Where a model_path is looked for, in order: as given (a relative path from the working
-    directory), then, for a relative path, under $DDFM_HOME when it is set."""
+    directory), then, for a relative path, the project folder of a source checkout (so
+    `models/...` works wherever sample.py is started from) and $DDFM_HOME when it is set."""
     path = Path(path).expanduser()
-    home = os.environ.get(HOME_ENV)
-    if path.is_absolute() or not home:
+    if path.is_absolute():
         return [path]
-    return [path, Path(home).expanduser() / path]
+    home, checkout = os.environ.get(HOME_ENV), source_checkout()
+    return ([path] + ([checkout / path] if checkout is not None else [])
+            + ([Path(home).expanduser() / path] if home else []))
 
 
 def locate_checkpoint(path):
@@ -104,7 +112,9 @@ def places_looked(path):
     where = Path(path).expanduser()
     notes = [] if str(where) == str(where.resolve()) else [f"resolved: {where.resolve()}"]
     if not where.is_absolute():
-        home = os.environ.get(HOME_ENV)
+        home, checkout = os.environ.get(HOME_ENV), source_checkout()
+        if checkout is not None:
+            notes.append(f"nor in the project folder {checkout}")
         notes.append(f"nor under ${HOME_ENV}={home}" if home else f"${HOME_ENV} not set")
     return f"{where} ({'; '.join(notes)})" if notes else str(where)
 

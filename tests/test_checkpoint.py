@@ -339,7 +339,7 @@ def test_relative_model_path_is_found_under_ddfm_home_and_the_message_names_ever
     in_home.parent.mkdir(parents=True)
     in_home.write_bytes(b"weights")
     assert ckpt.locate_checkpoint(ckpt.DEFAULT_CHECKPOINT_PATH) == str(in_home)
-    assert resolve_prior("auto", {"model_path": ckpt.DEFAULT_CHECKPOINT_PATH}) == ("adm", f"prior: {in_home}")
+    assert resolve_prior("auto", ckpt.DEFAULT_CHECKPOINT_PATH) == ("adm", f"prior: {in_home}")
     in_cwd = tmp_path / ckpt.DEFAULT_CHECKPOINT_PATH  # the working directory comes first
     in_cwd.parent.mkdir(parents=True)
     in_cwd.write_bytes(b"weights")

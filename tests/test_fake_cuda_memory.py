@@ -15,7 +15,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 import fakecuda
-from ddfm import memory
+from ddfm import memory, methods
 from guided_diffusion import nn as gd_nn
 
 pytestmark = pytest.mark.skipif(fakecuda.cpu_build_only() is not None,
@@ -124,8 +124,8 @@ def test_ccf_plan_matches_a_fake_run_of_ccf_sample(dtype):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import guided_diffusion
-    from ddfm.ccf import ccf_sample
     from ddfm.config import read_yaml
+    from ddfm.methods.ccf.guidance import ccf_sample
     from ddfm.prior import PriorModel
     from fakecuda.recorder import DispatchRecorder, Recorder
 
@@ -140,6 +140,6 @@ def test_ccf_plan_matches_a_fake_run_of_ccf_sample(dtype):
         rec.memory.reset_peak()
         ir, vis = torch.empty(1, 3, h, w), torch.empty(1, 3, h, w)
         ccf_sample(model, diffusion, ir, vis)
-    plan = memory.plan_peak(model, h, w, method="ccf", device="cpu")
+    plan = memory.plan_peak(model, h, w, sampler_bytes=methods.get("ccf").sampler_bytes_per_pixel, device="cpu")
     assert abs(plan.total - rec.memory.peak) <= TOLERANCE * rec.memory.peak
     assert abs((rec.memory.peak - plan.weights) / (h * w) - plan.per_pixel) < 2  # bytes per pixel

@@ -12,7 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import guided_diffusion
 import sample
-from ddfm import fusion, memory
+from ddfm import memory, methods
+from ddfm.methods.ddfm import fuser as fusion
 from ddfm.prior import PriorModel, wrap_unet
 from helpers import MODEL_CONFIG, ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair
 
@@ -42,7 +43,7 @@ def test_unet_peak_place_by_dtype_and_layout(dtype, channels_last, per_pixel):
     float32 at C = 4*(3*256 + 768/4 + 5*256) whatever the layout."""
     model = adm_prior(dtype, channels_last)
     plan = memory.plan_peak(model, 480, 640, device="cuda")
-    extra = memory.SAMPLER_BYTES_PER_PIXEL["ddfm"] + (12 if channels_last else 0)
+    extra = methods.get("ddfm").sampler_bytes_per_pixel + (12 if channels_last else 0)
     assert plan.per_pixel == per_pixel + extra and plan.pixels == 480 * 640
     assert plan.total == plan.weights + plan.pixels * plan.per_pixel
     # On the CPU ATen's group_norm keeps channels-last itself: the NCHW-style float32 copies.
@@ -53,14 +54,14 @@ def test_unet_peak_place_by_dtype_and_layout(dtype, channels_last, per_pixel):
 def test_the_hint_names_cheaper_settings_with_their_predictions():
     model, h, w = adm_prior("fp32"), 768, 1024
     plan = memory.plan_peak(model, h, w, 2, device="cuda")
-    advice = memory.hint(model, plan, h, w, 2, "ddfm", "cuda")
+    advice = memory.hint(model, plan, h, w, 2, methods.get("ddfm").sampler_bytes_per_pixel, "cuda")
     bf16 = memory.plan_peak(adm_prior("bf16"), h, w, 2, device="cuda")
     cl = memory.plan_peak(model, h, w, 2, device="cuda", channels_last=True)
     one = memory.plan_peak(model, h, w, 1, device="cuda")
     assert advice == (f"try dtype: bf16 ({memory.gib(bf16.total)}), batch_size: 1 ({memory.gib(one.total)}), "
                       f"smaller images or a card with more free memory")
     assert cl.total > plan.total  # float32: channels-last saves nothing, so it is not offered
-    advice = memory.hint(adm_prior("bf16"), bf16, h, w, 2, "ddfm", "cuda")
+    advice = memory.hint(adm_prior("bf16"), bf16, h, w, 2, methods.get("ddfm").sampler_bytes_per_pixel, "cuda")
     cl_bf16 = memory.plan_peak(adm_prior("bf16", True), h, w, 2, device="cuda")
     assert advice.startswith(f"try channels_last: true ({memory.gib(cl_bf16.total)}), batch_size: 1")
     assert memory.gib(5.72 * memory.GIB) == "5.72 GiB" and memory.gib(3 * 2 ** 20) == "3.0 MiB"
@@ -70,7 +71,7 @@ def test_batch_and_method_scale_the_image_part_only():
     model = adm_prior("bf16")
     one, four = (memory.plan_peak(model, 256, 256, batch, device="cuda") for batch in (1, 4))
     assert four.weights == one.weights and four.activations == 4 * one.activations
-    ccf = memory.plan_peak(model, 256, 256, method="ccf", device="cuda")
+    ccf = memory.plan_peak(model, 256, 256, sampler_bytes=methods.get("ccf").sampler_bytes_per_pixel, device="cuda")
     assert ccf.per_pixel - one.per_pixel == 256 - 128
 
 

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ddfm import CONFIG_DIR as CONFIGS
+from ddfm import CONFIG_DIR as CONFIGS, methods
 from ddfm.savefolder.layout import Layout  # light: names the save folder's files
 
 DESCRIPTION = "Fuse paired images (infrared/visible, CT|PET|SPECT/MRI) with DDFM."
@@ -35,7 +35,8 @@ def parse_args(argv):
                              "are set aside in recon/.replaced/ and removed once the new images are in place")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override any config key, e.g. timestep_respacing=25 seed=0")
+                        help="override any config key, e.g. timestep_respacing=25 seed=0; method=NAME "
+                        "picks the method: " + ", ".join(methods.names()))
     # Intermixed: overrides may stand before, between or after the flags.
     args = parser.parse_intermixed_args(argv)
     if args.dataset and args.input_dir:
@@ -82,9 +83,9 @@ def main(argv=None):
 
 def _run(args, overrides):
     # Imported after parsing so that --help is instant.
+    from ddfm.common import USER_ERRORS, one_line
     from ddfm.config import load_config
     from ddfm.distributed import Rank0Failed
-    from ddfm.errors import USER_ERRORS, one_line
     from ddfm.run import run
 
     try:
