@@ -75,10 +75,12 @@ def build_tables(root, datasets, methods, protocols, published=(), allow_dialect
                  f"dialect (--allow-dialect-mismatch shows it, marked)")
             chosen = {m: rows for m, rows in chosen.items() if m not in dropped}
             mismatched = []
-        order = [m for m in methods if any(m in d.methods for d in inputs)]
-        table = build_table(inputs, methods=order, published=chosen, other_dialect={m for m, _, _ in mismatched},
-                            allow_missing=True)
         absent = [f"{m} on {d.name}" for m in methods for d in inputs if m not in d.methods]
+        for m in methods:  # a method without any result is still a row, all –
+            if not any(m in d.methods for d in inputs):
+                inputs[0].methods[m] = {}
+        table = build_table(inputs, methods=list(methods), published=chosen,
+                            other_dialect={m for m, _, _ in mismatched}, allow_missing=True)
         if absent:
             table.notes.append(f"{MISSING}: no result for {', '.join(absent)} (see the log of compare.py "
                                f"and index.html).")
