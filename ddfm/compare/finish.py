@@ -36,11 +36,11 @@ def _grid(root, datasets, methods, cells, reports, problems_by_cell):
             cell = cells.get((method.label, dataset.name))
             link = reports.get((method.label, dataset.name))
             if cell is None:
-                row.append({"ok": False, "text": problems_by_cell.get((method.label, dataset.name), "not run"),
-                            "link": None})
+                why = problems_by_cell.get((method.label, dataset.name), "not run")
+                row.append({"ok": False, "text": "failed" if why != "not run" else why, "why": why, "link": None})
                 continue
             text = f"{len(cell.images)} image(s)" + (f", {len(cell.errors)} not scored" if cell.errors else "")
-            row.append({"ok": not cell.errors, "text": text,
+            row.append({"ok": not cell.errors, "text": text, "why": "; ".join(cell.errors.values()),
                         "link": Path(link).relative_to(root).as_posix() if link else None})
         rows.append((method.label, row))
     return {"datasets": [d.name for d in datasets], "methods": [m.label for m in methods], "rows": rows}
