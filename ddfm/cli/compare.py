@@ -14,6 +14,7 @@ cell or pair, 2 bad arguments (unknown method, bad protocol, unusable --save_dir
 """
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -44,6 +45,10 @@ def build_parser():
 
 def _log(message):
     print(message, file=sys.stderr, flush=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _usable_root(root):
@@ -123,23 +128,33 @@ def main(argv=None):
     if unusable:
         _log(f"error: {unusable}")
         return 2
-    records = {}
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops a comparison like Ctrl-C
     try:
-        for dataset in datasets:
-            for method in methods:
-                record, problem = fuse_cell(args, method, dataset, root / method.label / dataset.name)
-                if problem:
-                    _log(f"error: {problem}")
-                    problems.append(problem)
-                if record is not None:
-                    records[(method.label, dataset.name)] = record
+        problems += _run(args, root, datasets, methods, protocols, problems)
     except KeyboardInterrupt:
-        _log(f"interrupted: the images fused so far are kept in {root}; run the same command again to resume")
+        _log(f"interrupted: what was fused and scored so far is kept in {root}; run the same command again "
+             f"to resume")
         return 130
-    from ddfm.distributed import rank_and_world
-    if rank_and_world()[0] == 0:
-        from ddfm.compare.finish import finish
-        problems += finish(args, root, datasets, methods, records, protocols, _log, problems)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if usage:
         return 2
     return 1 if problems else 0
+
+
+def _run(args, root, datasets, methods, protocols, problems):
+    """Fuse every cell, then (rank 0) score and write the outputs; returns the new problem lines."""
+    from ddfm.distributed import rank_and_world
+    records, new = {}, []
+    for dataset in datasets:
+        for method in methods:
+            record, problem = fuse_cell(args, method, dataset, root / method.label / dataset.name)
+            if problem:
+                _log(f"error: {problem}")
+                new.append(problem)
+            if record is not None:
+                records[(method.label, dataset.name)] = record
+    if rank_and_world()[0] == 0:
+        from ddfm.compare.finish import finish
+        new += finish(args, root, datasets, methods, records, protocols, _log, problems + new)
+    return new
