@@ -8,7 +8,7 @@ the DDIM update. "official-like" is written from ccf_official.md §3-§6: its lo
 11x11 SSIM window per source, the visible edges computed twice, Haar of I, V and x every step),
 total.backward + eight separate autograd.grad calls, torch.optim.Adam on a leaf, and the four
 per-step writes (recon_x0 and recon_x0_new RGB PNGs, the progress luma PNG, the top-k line).
-Ours is ddfm.ccf.guidance_step + the DDIM step, without record. Median seconds per step.
+Ours is ddfm.methods.ccf.guidance.guidance_step + the DDIM step, without record. Median seconds per step.
 """
 import argparse
 import statistics
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import guided_diffusion  # noqa: E402
-from ddfm import ccf  # noqa: E402
-from ddfm.conditions import GREY_WEIGHTS, LAPLACIAN, SOBEL_H, SOBEL_V_RELEASED, gaussian_window  # noqa: E402
+from ddfm.methods.ccf import guidance as ccf  # noqa: E402
+from ddfm.methods.ccf.conditions import GREY_WEIGHTS, LAPLACIAN, SOBEL_H, SOBEL_V_RELEASED, gaussian_window  # noqa: E402
 
 # --- the official-like step (from the reference's descriptions) ---------------------------------
 

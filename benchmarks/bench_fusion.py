@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_like import OfficialEM, official_em_step  # noqa: E402
 
 import guided_diffusion  # noqa: E402
-from ddfm import em  # noqa: E402
-from ddfm.bayesfusion import bayes_fuse  # noqa: E402
-from ddfm.sampling import Rectifier, ddfm_sample  # noqa: E402
+from ddfm.methods.ddfm import em  # noqa: E402
+from ddfm.methods.ddfm.sampling import Rectifier, ddfm_sample  # noqa: E402
+from ddfm.methods.priorfree.bayesfusion import bayes_fuse  # noqa: E402
 
 SIZES = {"256x256": (256, 256), "480x640": (480, 640), "768x1024": (768, 1024)}
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from benchmarks import gpu_setup
-from benchmarks.gpu_runtime import fill_timing, free_memory, sync, time_unet, timed
-from ddfm import ccf_io
-from ddfm.ccf import ccf_sample
-from ddfm.defaults import DEFAULT_SEED
+from benchmarks.gpu_runtime import fill_predicted_peak, fill_syncs, fill_timing, free_memory, sync, time_unet, timed
+from ddfm.common import DEFAULT_SEED
+from ddfm.methods.ccf import io as ccf_io
+from ddfm.methods.ccf.guidance import ccf_sample
 
 EXACT = "ccf_fp32_exact"
 # row name -> (dtype key, channels_last, compile key), as gpu_check.Mode
@@ -75,6 +75,8 @@ def run_ccf_row(bench, mode, size_key):
     row["unet_ms"] = time_unet(model, x, device, args.unet_repeats)
     sample, seconds = timed(device, lambda: ccf_sample(model, bench.diffusion, a, b, seed=DEFAULT_SEED))
     fill_timing(bench, row, seconds, warm_s, h, w, batch)
+    fill_syncs(row, lambda n: _warm_up(model, bench.diffusion, a, b, n), device)
+    fill_predicted_peak(row, model, h, w, batch, "ccf", device)
     if not torch.isfinite(sample).all():
         row["note"] = "non-finite values in the fused output"
     _compare(bench, row, size_key, ccf_io.recon_rgb_uint8(sample[0].float().cpu().numpy().transpose(1, 2, 0)))

@@ -36,15 +36,26 @@ from torch._dynamo.utils import counters
 
 import guided_diffusion
 from benchmarks import gpu_ccf, gpu_setup
+from benchmarks.gpu_budget import RowTimeout, Terminated, install_handlers, stopped_by_alarm  # noqa: F401
 from benchmarks.gpu_fit import run_fit
-from benchmarks.gpu_runtime import error_note, fill_timing, free_memory, sync, time_unet, timed, warm_up
+from benchmarks.gpu_runtime import (
+    error_note,
+    fill_predicted_peak,
+    fill_syncs,
+    fill_timing,
+    free_memory,
+    sync,
+    time_unet,
+    timed,
+    warm_up,
+)
 from benchmarks.gpu_table import COLUMNS, format_row, header_lines, write_outputs
 from benchmarks.official_like import official_like_sample, original_attention
 from benchmarks.profile_step import profile_steps
 from ddfm import determinism, io
-from ddfm.defaults import DEFAULT_SEED
+from ddfm.common import DEFAULT_SEED
+from ddfm.methods.ddfm.sampling import StepFunction, ddfm_sample, per_image_noise, seeded_generators
 from ddfm.prior import set_tf32, wrap_unet
-from ddfm.sampling import StepFunction, ddfm_sample, per_image_noise, seeded_generators
 
 
 class Mode(NamedTuple):
@@ -84,14 +95,6 @@ EXTRA_ROWS = {}
 PLAN = gpu_ccf.register(MODES, Mode, EXTRA_ROWS, PLAN)  # CCF's rows (benchmarks/gpu_ccf.py)
 
 
-class RowTimeout(Exception):
-    """The time budget ran out inside a row."""
-
-
-class Terminated(BaseException):
-    """SIGTERM (an outer `timeout`) or Ctrl-C: stop, keep and write what was measured."""
-
-
 class Bench:
     """Shared state of one run: device, weights, sampler, sources, results."""
 
@@ -106,6 +109,7 @@ class Bench:
         if args.dry_run:
             model_path = None  # the GPU machine has no checkpoint: exercise the random-weight path
         self.env = gpu_setup.environment(self.device)
+        self.env["topk_ties"] = gpu_setup.topk_ties(self.device)
         self.weights, self.env["weights"] = gpu_setup.host_weights(self.config, model_path, self.device)
         self.diffusion = guided_diffusion.create_sampler(
             sampler="ddim", steps=1000, noise_schedule="linear", model_mean_type="epsilon",
@@ -164,7 +168,12 @@ def run_row(bench, mode, size_key):
         fused, seconds = timed(device, lambda: (
             official_like_sample(model, bench.diffusion, a, b, x_T, png_dir) if official
             else sample_mode(MODES[mode], model, bench.diffusion, a, b, step)))
-    fill_timing(bench, row, seconds, warm_s, h, w, batch, compiled=MODES[mode].compile != "none")
+        fill_timing(bench, row, seconds, warm_s, h, w, batch, compiled=MODES[mode].compile != "none")
+        fill_syncs(row, lambda n: (
+            official_like_sample(model, bench.diffusion, a, b, x_T, png_dir, max_steps=n) if official
+            else warm_up(step, bench.diffusion, a, b, x_T, n)), device)
+    if not official:  # the official loop's materialised attention is outside the plan
+        fill_predicted_peak(row, model, h, w, batch, "ddfm", device)
     if MODES[mode].compile != "none":
         row["graphs"], row["graph_breaks"] = dynamo_counts()
     if MODES[mode].compile == "graph" and device.type == "cuda" and cudagraph_skips():
@@ -228,23 +237,6 @@ def entry_cost_s(entry, dry_run):
         return 0
     mode = entry.split("@")[0]
     return 150 if getattr(MODES.get(mode), "compile", "none") != "none" else 40 if entry == "fit" else 25
-
-
-def on_alarm(signum, frame):
-    raise RowTimeout()
-
-
-def on_terminate(signum, frame):
-    raise Terminated()
-
-
-def stopped_by_alarm(err, deadline):
-    """A RowTimeout, also when torch.compile wrapped it (BackendCompilerFailed and the like)."""
-    while err is not None:
-        if isinstance(err, RowTimeout):
-            return True
-        err = err.__cause__ or err.__context__
-    return time.monotonic() >= deadline
 
 
 def clean_up(bench):
@@ -382,9 +374,7 @@ def main(argv=None):
         bench.env["matmul_tflops"] = gpu_setup.measured_matmul_tflops(bench.device)
     for h, w, _ in {bench.sizes[e.partition("@")[2]] for e in plan if e != "fit"}:
         bench.flops_for(h, w)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.signal(signal.SIGTERM, on_terminate)
-    signal.signal(signal.SIGINT, on_terminate)
+    install_handlers()
     print("\n".join(header_lines(bench)))
     print(" | ".join(COLUMNS), flush=True)
     save(bench, [])  # the header (card, versions) is on disk even if the first row hangs

@@ -3,7 +3,8 @@ import torch
 
 from benchmarks import gpu_setup
 from benchmarks.gpu_runtime import error_note, error_reason, free_memory, is_out_of_memory, sync, warm_up
-from ddfm.sampling import per_image_noise, seeded_generators
+from ddfm import memory
+from ddfm.methods.ddfm.sampling import per_image_noise, seeded_generators
 
 FIT_LIMITS_GB = (12, 24)
 FIT_MODE = "bf16_cl"  # the fast eager path: its step is built once and tried at every size
@@ -57,10 +58,18 @@ def largest_square(bench, step, limit_gb):
     return best, peak, refused
 
 
+def planned(model, side, limit_gb, device):
+    """What ddfm.memory plans: the largest square under the cap, and the peak at `side`."""
+    if model is None:
+        return {}
+    return {"pred_side": memory.largest_square(model, limit_gb * 2**30, device=device),
+            "pred_peak_gb": memory.plan_peak(model, side, side, device=device).total / 2**30}
+
+
 def run_fit(bench):
     """One row per cap. One model serves every cap: its weights are on the device before a cap
     is set, as they are when a real run starts."""
-    _, step = bench.model(FIT_MODE)
+    model, step = bench.model(FIT_MODE)
     rows = []
     for limit in FIT_LIMITS_GB:
         try:  # each cap on its own: a failed 24 GB search keeps the 12 GB row
@@ -69,9 +78,11 @@ def run_fit(bench):
             rows.append({"row": f"fit_{limit}gb", "note": error_note(err)})
             free_memory(bench.device)
             continue
+        plan = planned(model, side, limit, bench.device)
         rows.append({"row": f"fit_{limit}gb", "size": f"{side}x{side}", "batch": 1, "steps": 1,
-                     "peak_alloc_gb": peak,
+                     "peak_alloc_gb": peak, "pred_peak_gb": plan.get("pred_peak_gb"),
                      "note": f"largest square (/32) whose bf16 channels-last DDFM step fits {limit} GB "
                              f"(allocator cap; CUDA context not counted)"
+                             + (f"; planned {plan['pred_side']}x{plan['pred_side']}" if plan else "")
                              + (f"; refused (not out of memory): {', '.join(refused)}" if refused else "")})
     return rows

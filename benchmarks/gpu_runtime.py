@@ -1,11 +1,14 @@
 """Small device helpers shared by the GPU check's rows and its memory-fit search."""
 import gc
 import time
+import warnings
 
 import torch
 
-from ddfm.messages import one_line
-from ddfm.sampling import Rectifier
+from ddfm import memory, methods
+from ddfm.common import one_line
+from ddfm.memory import is_out_of_memory  # noqa: F401  (gpu_fit imports it from here)
+from ddfm.methods.ddfm.sampling import Rectifier
 
 
 def sync(device):
@@ -17,11 +20,6 @@ def free_memory(device):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def is_out_of_memory(err):
-    text = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
 
 
 def error_reason(err, limit=200):
@@ -88,3 +86,38 @@ def timed(device, run):
     sync(device)
     return result, time.perf_counter() - start
 
+
+
+# What torch.cuda.set_sync_debug_mode("warn") says for every implicit synchronisation.
+SYNC_WARNING = "synchronizing CUDA operation"
+
+
+def sync_count(run, device):
+    """Implicit host-device synchronisations made by run(): the warnings of
+    torch.cuda.set_sync_debug_mode("warn") (a .item(), a device->host copy, a pageable copy...);
+    0 off CUDA, where there is nothing to wait for."""
+    cuda = device.type == "cuda"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+    return sum(SYNC_WARNING in str(w.message) for w in caught)
+
+
+def fill_syncs(row, run_steps, device):
+    """syncs_per_step and setup_syncs of a row: run_steps(n) runs the sampling loop's first n
+    steps (set-up included); the second step's syncs are the per-step ones."""
+    one, two = sync_count(lambda: run_steps(1), device), sync_count(lambda: run_steps(2), device)
+    row["syncs_per_step"], row["setup_syncs"] = two - one, 2 * one - two
+
+
+def fill_predicted_peak(row, model, h, w, batch, method, device):
+    """pred_peak_gb: ddfm.memory's plan for this model, size and method (the measured
+    peak_alloc_gb beside it shows how well the plan holds on the card)."""
+    per_pixel = methods.get(method).sampler_bytes_per_pixel
+    row["pred_peak_gb"] = memory.plan_peak(model, h, w, batch, per_pixel, device).total / 2**30

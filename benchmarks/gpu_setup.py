@@ -80,6 +80,13 @@ def environment(device):
     return info
 
 
+def topk_ties(device, n=8, k=3):
+    """torch.topk's indices among n equal values on `device` and on the CPU: CCF's top-k of its
+    8 condition weights at the first step, when all are 1 (its golden holds the CPU order)."""
+    return {"device": torch.topk(torch.ones(n, device=device), k).indices.tolist(),
+            "cpu": torch.topk(torch.ones(n), k).indices.tolist()}
+
+
 def measured_matmul_tflops(device, n=8192, repeats=10):
     """bf16 matmul throughput of this card (one large square product), for scale."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)

@@ -4,8 +4,9 @@ import json
 import math
 
 COLUMNS = ("row", "size", "batch", "steps", "s_per_pair", "pairs_per_s", "ms_per_step", "unet_ms",
-           "outside_ms", "compile_s", "peak_alloc_gb", "peak_reserved_gb", "tflops", "frac_peak",
-           "psnr_db", "max_abs_diff", "graphs", "graph_breaks", "wall_s", "note")
+           "outside_ms", "compile_s", "peak_alloc_gb", "peak_reserved_gb", "pred_peak_gb", "tflops",
+           "frac_peak", "psnr_db", "max_abs_diff", "syncs_per_step", "setup_syncs", "graphs",
+           "graph_breaks", "wall_s", "note")
 
 
 def format_value(value):
@@ -28,6 +29,11 @@ def header_lines(bench):
                      f"memory {env['memory_gb']} GB  capability {env['capability']}  C compiler {env['c_compiler']}")
     peak = f"{bench.peak:g} TFLOP/s" if bench.peak else "unknown (pass --peak-tflops)"
     lines.append(f"weights: {env['weights']}")
+    ties = env.get("topk_ties")
+    if ties:
+        same = "the same order" if ties["device"] == ties["cpu"] else "a DIFFERENT order"
+        lines.append(f"torch.topk of 8 equal weights (k=3): {bench.device.type} {ties['device']}, "
+                     f"cpu {ties['cpu']} ({same}; CCF's golden has the CPU's)")
     lines.append(f"bf16 dense peak used for frac_peak: {peak}"
                  + (f"; measured bf16 matmul {env['matmul_tflops']:.0f} TFLOP/s"
                     if env.get("matmul_tflops") else ""))

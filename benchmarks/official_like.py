@@ -21,7 +21,7 @@ from PIL import Image
 import guided_diffusion.unet as unet_module
 from ddfm import io
 from ddfm.color import rgb_to_luma
-from ddfm.em import psf2otf
+from ddfm.methods.ddfm.em import psf2otf
 
 YCBCR_FROM_RGB = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0],
                            [112.0, -93.786, -18.214]])

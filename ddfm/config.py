@@ -4,14 +4,14 @@ The model and diffusion YAMLs keep the official DDFM keys (plus `seed` and `eta`
 file); the fusion YAML holds everything about pairs, the method variant and the outputs. Every key
 is known in advance, so a typo is an error that names the key instead of a silent default.
 """
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ddfm.defaults import DEFAULT_SEED  # noqa: F401  (also read from here)
-from ddfm.messages import ConfigError, one_line  # noqa: F401  (ConfigError: raised and re-exported)
+from ddfm import methods
+from ddfm.common import DEFAULT_SEED, ConfigError, one_line  # noqa: F401  (ConfigError: re-exported)
+from ddfm.settings import FusionSettings
 
 MODEL_KEYS = (
     "image_size", "num_channels", "num_res_blocks", "channel_mult", "learn_sigma", "class_cond",
@@ -24,14 +24,12 @@ DIFFUSION_KEYS = (
     "dynamic_threshold", "clip_denoised", "rescale_timesteps", "timestep_respacing", "seed", "eta",
 )
 
-# Fusion keys with their defaults and, where the value is a choice, the allowed values.
+# The fusion keys every method shares, with their defaults; each method adds its own keys
+# (ddfm.methods: DDFM's variant, lamb, rho; CCF's own), so every key is known in advance.
 FUSION_DEFAULTS = {
     "input_dir": "input",
     "modalities": ["ir", "vi"],
     "method": "ddfm",
-    "variant": "official",
-    "lamb": 0.5,
-    "rho": 0.001,
     "size": "pad",
     "color": "auto",
     "normalize": "minmax",
@@ -48,28 +46,10 @@ FUSION_DEFAULTS = {
     "threads": "auto",
     "deterministic": False,
 }
-# CCF's own keys (method: ccf), as released; ddfm.ccf's settings validate them (validate_ccf).
-CCF_DEFAULTS = {
-    "ccf_lr": 0.03,                 # Adam's step on x0 per diffusion step
-    "ccf_topk": 3,                  # conditions selected per step (largest GradNorm weights)
-    "ccf_alpha": 1.5,               # GradNorm's restoring force
-    "ccf_conditions": ["ssim", "mse", "edge", "low_freq", "high_freq", "sf", "ei", "sd"],
-    # One switch per released quirk (true = as released; see README "DDFM and CCF").
-    "ccf_edge_visible_twice": True,
-    "ccf_ei_kernel_typo": True,
-    "ccf_ei_detached": True,
-    "ccf_mse_per_slot": True,
-    "ccf_eps_unguided": True,       # DDIM's eps' from the x0 before guidance
-    "ccf_guided_unclamped": True,   # the guided x0 is not clamped to [-1, 1]
-    "ccf_adam_persistent": True,    # Adam's moments and step count carry over the steps
-    "ccf_portrait_resize": True,    # size: official, portrait images: height from w/h as released
-}
-FUSION_DEFAULTS.update(CCF_DEFAULTS)
+# Allowed values of the shared keys; a method may accept more (Method.choices, e.g. a size rule).
 FUSION_CHOICES = {
-    "method": ("ddfm", "ccf"),
-    "variant": ("official", "paper"),
-    "size": ("pad", "crop", "official"),
-    "color": ("auto", "grey", "rgb", "visible"),
+    "size": ("pad", "crop"),
+    "color": ("auto", "grey"),
     "normalize": ("minmax", "clip"),
     "prior": ("auto", "adm", "none"),
     "dtype": ("fp32", "tf32", "bf16", "fp16", "bf16-autocast", "fp16-autocast"),
@@ -77,7 +57,6 @@ FUSION_CHOICES = {
     # ddfm.metrics.ALL_PROTOCOLS, its alias and "all" (not imported: configs load without SciPy)
     "eval_protocol": ("reference", "cddfuse", "corrected", "tang", "all"),
 }
-CCF_ONLY_CHOICES = {"size": ("official",), "color": ("rgb", "visible")}
 BOOL_KEYS = ("record", "evaluate", "report", "channels_last", "deterministic")
 DIFFUSION_BOOL_KEYS = ("dynamic_threshold", "clip_denoised", "rescale_timesteps")
 TEXT_KEYS = ("input_dir", "device", "model_path", "modalities")
@@ -89,16 +68,31 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 
+def fusion_defaults():
+    """Every fusion key with its default: the shared ones and each registered method's own."""
+    return {**FUSION_DEFAULTS, **methods.all_keys()}
+
+
 @dataclass
 class Config:
-    """The resolved configuration, split as the official code splits it."""
+    """The resolved configuration, split as the official code splits it (the YAML as validated,
+    for the driver and run.json); `settings()` gives the typed, frozen objects handed below."""
     model: dict
     diffusion: dict
-    fusion: dict = field(default_factory=lambda: dict(FUSION_DEFAULTS))
+    fusion: dict = field(default_factory=fusion_defaults)
 
     def as_dict(self):
         return {"model": dict(self.model), "diffusion": dict(self.diffusion),
                 "fusion": dict(self.fusion)}
+
+    @property
+    def method(self):
+        """The configured method (ddfm.methods.get)."""
+        return methods.get(self.fusion["method"])
+
+    def settings(self):
+        """(FusionSettings, the method's own settings): what the driver hands down."""
+        return FusionSettings.from_fusion(self.fusion), self.method.settings(self.fusion)
 
 
 def read_yaml(path):
@@ -160,7 +154,7 @@ def apply_overrides(config, overrides):
             config.model[key] = value
         elif key in DIFFUSION_KEYS:
             config.diffusion[key] = value
-        elif key in FUSION_DEFAULTS:
+        elif key in FUSION_DEFAULTS or key in methods.all_keys():
             config.fusion[key] = value
         else:
             raise ConfigError(f"override '{item}': unknown key '{key}'")
@@ -171,9 +165,18 @@ def validate_fusion(fusion):
     """Type- and choice-check the fusion section in place; returns it."""
     if isinstance(fusion["compile"], bool):  # the earlier true/false form: true compiled the UNet
         fusion["compile"] = "unet" if fusion["compile"] else "none"
+    method = methods.get(fusion["method"])  # an unknown method is one line listing the names
+    fusion["method"] = method.name
     for key, choices in FUSION_CHOICES.items():
         value = str(fusion[key]).lower()
+        if value in method.choices.get(key, ()):
+            fusion[key] = value
+            continue
         if value not in choices:
+            owner = next((m for m in map(methods.get, methods.names()) if value in m.choices.get(key, ())), None)
+            if owner is not None:
+                raise ConfigError(f"fusion config: {key}={fusion[key]} is {owner.label}'s "
+                                  f"(needs method: {owner.name})")
             raise ConfigError(f"fusion config: {key}={fusion[key]!r} is not one of {', '.join(choices)}")
         fusion[key] = value
     for key in BOOL_KEYS:
@@ -185,15 +188,6 @@ def validate_fusion(fusion):
     if not (isinstance(mods, (list, tuple)) and len(mods) == 2 and all(mods) and mods[0] != mods[1]):
         raise ConfigError(f"fusion config: modalities must name two different folders, got {mods!r}")
     fusion["modalities"] = [str(m) for m in mods]
-    for key in ("lamb", "rho"):
-        try:
-            fusion[key] = float(fusion[key])
-        except (TypeError, ValueError):
-            raise ConfigError(f"fusion config: {key} must be a number, got {fusion[key]!r}") from None
-        if not math.isfinite(fusion[key]) or fusion[key] < 0:
-            raise ConfigError(f"fusion config: {key} must be a finite number >= 0, got {fusion[key]}")
-    if 2 * fusion["lamb"] + fusion["rho"] == 0:
-        raise ConfigError("fusion config: lamb and rho cannot both be 0 (the u-step divides by 2*lamb + rho)")
     batch = fusion["batch_size"]
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"fusion config: batch_size must be a positive integer, got {fusion['batch_size']!r}")
@@ -202,7 +196,7 @@ def validate_fusion(fusion):
         raise ConfigError(f"fusion config: threads must be auto or a positive integer, got {threads!r}")
     fusion["input_dir"] = str(fusion["input_dir"])
     fusion["device"] = str(fusion["device"])
-    validate_method(fusion)
+    validate_method(fusion, method)
     if fusion["device"] != "auto":
         import torch
         try:
@@ -213,25 +207,13 @@ def validate_fusion(fusion):
     return fusion
 
 
-def validate_method(fusion):
-    """method ddfm | ccf: the choices only CCF has need method ccf; the ccf_ keys are checked by
-    ddfm.ccf's own settings validation (one line naming the key)."""
-    if fusion["method"] != "ccf":
-        for key, values in CCF_ONLY_CHOICES.items():
-            if fusion[key] in values:
-                raise ConfigError(f"fusion config: {key}={fusion[key]} is CCF's (needs method: ccf)")
-        return fusion
-    if fusion["compile"] in ("step", "graph"):
-        raise ConfigError(f"fusion config: compile={fusion['compile']} compiles DDFM's step; "
-                          f"method: ccf compiles the UNet only (compile: unet)")
-    for key, default in CCF_DEFAULTS.items():
-        if isinstance(default, bool) and not isinstance(fusion[key], bool):
-            raise ConfigError(f"fusion config: {key} must be true or false, got {fusion[key]!r}")
-    from ddfm.ccf import settings_from_fusion
-    try:
-        settings_from_fusion(fusion)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"fusion config: {err}") from None
+def validate_method(fusion, method):
+    """The method's own keys, checked by its settings (one line naming the key), and the compile
+    modes it supports."""
+    if fusion["compile"] not in method.compile_modes:
+        raise ConfigError(f"fusion config: compile={fusion['compile']} is not available for method: "
+                          f"{method.name} (choose from {', '.join(method.compile_modes)})")
+    method.settings(fusion)
     return fusion
 
 
@@ -265,17 +247,6 @@ def validate_diffusion(diffusion):
     return diffusion
 
 
-def set_ccf_sampler(diffusion):
-    """CCF samples with DDIM, eta 0 (its guidance replaces the noise): a sampler or eta that says
-    otherwise is refused rather than ignored."""
-    eta = diffusion.pop("eta", 0.0)
-    if eta not in (0, 0.0):
-        raise ConfigError(f"diffusion config: eta={eta!r} does not apply to method: ccf (DDIM, eta 0)")
-    if str(diffusion.get("sampler", "ddim")).lower() != "ddim":
-        raise ConfigError(f"diffusion config: sampler={diffusion['sampler']!r} does not apply to "
-                          f"method: ccf (DDIM, eta 0)")
-
-
 def locate_model_path(path):
     """A relative model_path is taken from the working directory, else from the project folder
     (so `models/...` works wherever sample.py is started from); absent everywhere, it is kept."""
@@ -293,21 +264,16 @@ def load_config(model_path, diffusion_path, fusion_path=None, overrides=()):
     _check_keys(model, MODEL_KEYS, model_path)
     diffusion = read_yaml(diffusion_path)
     _check_keys(diffusion, DIFFUSION_KEYS, diffusion_path)
-    fusion = dict(FUSION_DEFAULTS)
+    fusion = fusion_defaults()
     if fusion_path is not None:
         given = read_yaml(fusion_path)
-        _check_keys(given, tuple(FUSION_DEFAULTS) + DIFFUSION_KEYS, fusion_path)
+        _check_keys(given, tuple(fusion) + DIFFUSION_KEYS, fusion_path)
         # A preset may also set diffusion keys (CCF's respacing 200): the command line still wins.
         diffusion.update({k: given.pop(k) for k in DIFFUSION_KEYS if k in given})
         fusion.update(given)
     config = apply_overrides(Config(model, diffusion, fusion), overrides)
     config.model["model_path"] = locate_model_path(config.model.get("model_path"))
     validate_fusion(config.fusion)
-    if config.fusion["method"] == "ccf":
-        set_ccf_sampler(config.diffusion)
-    elif config.fusion["variant"] == "paper":
-        # Algorithm 1 line 16 is the stochastic DDPM posterior step, whatever the YAML's sampler.
-        config.diffusion["sampler"] = "ddpm"
-        config.diffusion.pop("eta", None)
+    config.method.prepare_diffusion(config.diffusion, config.fusion)  # e.g. the sampler it needs
     validate_diffusion(config.diffusion)
     return config

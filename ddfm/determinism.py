@@ -17,12 +17,12 @@ import torch
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-def resolved_threads(fusion):
+def resolved_threads(fusion):  # fusion: ddfm.settings.FusionSettings
     """The intra-op thread count a run uses: `threads`, or 1 in deterministic mode, else
     auto_threads() (None: leave torch's count)."""
-    if fusion.get("threads", "auto") != "auto":
-        return int(fusion["threads"])
-    return 1 if fusion.get("deterministic") else auto_threads()
+    if fusion.threads != "auto":
+        return int(fusion.threads)
+    return 1 if fusion.deterministic else auto_threads()
 
 
 def auto_threads():
@@ -40,7 +40,7 @@ def auto_threads():
 
 def prepare_device(fusion, device):
     """Before the model is built: the cuBLAS workspace setting deterministic CUDA kernels need."""
-    if fusion.get("deterministic") and torch.device(device).type == "cuda":
+    if fusion.deterministic and torch.device(device).type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
 
@@ -69,9 +69,9 @@ def contract(fusion):
     threads = resolved_threads(fusion)
     same = "the same device type, torch version and thread count"
     return {"threads": threads if threads is not None else torch.get_num_threads(),
-            "deterministic": bool(fusion.get("deterministic")),
+            "deterministic": bool(fusion.deterministic),
             "byte_identical_with": (f"any run with deterministic: true on {same}, whatever its batch "
-                                    f"size and torchrun rank count" if fusion.get("deterministic") else
+                                    f"size and torchrun rank count" if fusion.deterministic else
                                     f"a run on {same} and batch size; otherwise equal up to float "
                                     f"order (see the README's determinism contract)"),
             "per_image": "fused[stem].made_with"}

@@ -9,7 +9,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ddfm.messages import RunError, one_line
+from ddfm.common import RunError, one_line
 
 
 class Rank0Failed(RunError):

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from ddfm import color
+from ddfm.common import FusionInputError, one_line
 from ddfm.files import write_atomic
-from ddfm.messages import one_line
 from ddfm.metrics.images import IMAGE_EXTENSIONS, UnsupportedImageError, decode_rgb8, luma_from_rgb8
 
 MULTIPLE = 32  # the ADM UNet has five stride-2 stages
@@ -23,10 +23,6 @@ MULTIPLE = 32  # the ADM UNet has five stride-2 stages
 FLOAT_TOLERANCE = 0.5 / 255.0
 # Legacy imageio's rounding offset: floor(v + HALF_DOWN) rounds halves down (see legacy_imageio_uint8).
 HALF_DOWN = 0.499999999
-
-
-class FusionInputError(ValueError):
-    """Bad input (a file, a pair or a folder), reported as one line naming it."""
 
 
 @dataclass

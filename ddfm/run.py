@@ -11,9 +11,9 @@ from pathlib import Path
 
 from ddfm import distributed, io, postrun
 from ddfm.build import build_fuser
+from ddfm.common import RunError, one_line
 from ddfm.datasets.layouts import InputFolderError, find_modality_folders
-from ddfm.fingerprint import PRIOR_FREE_WHY, output_fingerprint, prior_free_ignored, record_header
-from ddfm.messages import RunError, one_line
+from ddfm.fingerprint import ignored_without_prior, output_fingerprint, ran, record_header
 from ddfm.savefolder import journal, lock as folder_lock
 from ddfm.savefolder.hashes import content_hash
 from ddfm.savefolder.layout import Layout
@@ -40,12 +40,14 @@ def resolve_modalities(input_dir, modalities, log):
 
 
 class Recorder:
-    """Collects the per-step progress frames of one batch and writes them (files + GIF)."""
+    """Collects the per-step progress frames of one batch and writes them (files + GIF), and
+    whatever else the method hands on per step (its own record, Method.write_step_record)."""
 
-    def __init__(self, layout, stems):
+    def __init__(self, layout, stems, method):
         self.dirs = [layout.frames(stem) for stem in stems]
         self.frames = [[] for _ in stems]
-        self.details = [[] for _ in stems]  # CCF: each step's conditions and weights per image
+        self.details = [[] for _ in stems]
+        self.method = method
 
     def __call__(self, i, frames, details=None):
         for k, frame in enumerate(frames):
@@ -59,8 +61,7 @@ class Recorder:
             if frames:
                 io.write_gif(folder.with_suffix(".gif"), frames)
             if details:
-                from ddfm.ccf_record import write_step_record
-                write_step_record(folder.with_suffix(".json"), folder.name, details)
+                self.method.write_step_record(folder.with_suffix(".json"), folder.name, details)
 
 
 def iter_batches(items, fuser, batch_size):
@@ -103,16 +104,17 @@ def _batch_error(stems, err):
     return f"{', '.join(stems)}: {reason}"
 
 
-def fuse_pairs(fuser, todo, layout, runlog, progress):
-    """Fuse, journal and write every pair of `todo`; returns the number of images written. A batch
-    that fails (a write error, out of memory) is logged and recorded; the others still run."""
-    fusion, written, bar = fuser.fusion, 0, None
+def fuse_pairs(fuser, method, todo, layout, runlog, progress):
+    """Fuse, journal and write every pair of `todo` with `method`'s fuser; returns the number of
+    images written. A batch that fails (a write error, out of memory) is logged and recorded; the
+    others still run."""
+    run, written, bar = fuser.run, 0, None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="pairs", unit="pair")
-    for batch in iter_batches(load_pairs(todo, runlog), fuser, fusion["batch_size"]):
+    for batch in iter_batches(load_pairs(todo, runlog), fuser, run.batch_size):
         stems = [pair.stem for pair, *_ in batch]
-        recorder = Recorder(layout, stems) if fusion["record"] and not fuser.prior_free else None
+        recorder = Recorder(layout, stems, method) if run.record and not fuser.prior_free else None
         start, done = time.perf_counter(), set()
         try:
             images = fuser.fuse_batch([(a, b) for _, a, b, _ in batch], step_callback=recorder,
@@ -166,12 +168,13 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
     for _, message in problems:
         log(f"error: {message}")
     fuser, prior_info = build_fuser(config, log)
-    if fuser.prior_free:
-        log(f"prior-free: these settings have no effect: {', '.join(prior_free_ignored(fusion))}, seed, the "
-            f"model and diffusion configs ({PRIOR_FREE_WHY})")
+    method = ran(prior_info)
+    if not method.needs_prior:
+        log(f"{method.label}: these settings have no effect: {', '.join(ignored_without_prior(config, method))}, "
+            f"seed, the model and diffusion configs ({method.why_no_effect})")
         if fusion["record"]:
-            log("record: the prior-free fusion has no sampling steps to record")
-    header = record_header(config, prior_info, output_fingerprint(config, prior_info["prior"]), save_dir)
+            log(f"record: {method.label} has no sampling steps to record")
+    header = record_header(config, prior_info, output_fingerprint(config, prior_info), save_dir)
     rank, world = distributed.rank_and_world()
     lock, run_id = folder_lock.FolderLock(layout), journal.new_run_id()
     run_id, todo, skipped = distributed.from_rank0(
@@ -187,14 +190,13 @@ def run(config, save_dir="output", overwrite=False, log=print, progress=True):
         mine = [p for p in pairs if p.stem in set(todo)][rank::world]
         finished = False
         try:
-            fuse_pairs(fuser, mine, layout, runlog, progress)
+            fuse_pairs(fuser, method, mine, layout, runlog, progress)
             finished = True
         finally:  # also after Ctrl-C or SIGTERM: run.json says what is on disk
             record = finish(layout, header, run_id, runlog, {p.stem for p in pairs} if finished else None,
                             overwrite, log)
         outcome = Outcome(record)
         if rank == 0:
-            method = fusion["method"].upper() if prior_info["prior"] == "adm" else "prior-free"
             sources = [Path(fusion["input_dir"]) / m for m in fusion["modalities"]]
             outcome.table, outcome.report_failed = postrun.evaluate_and_report(config, layout, method,
                                                                                sources, log)

@@ -10,11 +10,51 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
+# Devices whose ATen group_norm keeps a channels-last input channels-last. Elsewhere (CUDA) it
+# makes the input contiguous first, so every following conv would get an NCHW input with
+# channels-last weights and convert it again: there GroupNorm32 normalises in NHWC itself.
+NATIVE_CHANNELS_LAST_DEVICES = ("cpu",)
+
+
+def is_channels_last(x):
+    """A 4-D tensor laid out NHWC (and not also plain-contiguous, as 1x1 or 1-channel ones are)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def group_norm_channels_last(x, num_groups, weight, bias, eps):
+    """GroupNorm of a channels-last [N, C, H, W], statistics and affine in float32, returned
+    channels-last in x's dtype.
+
+    The NHWC data seen as [N, H*W, G, C/G] is a view, so the group statistics are one reduction
+    over dims 1 and 3 (of a float32 copy: exact statistics); the normalisation and the affine fold
+    into one per-(image, channel) scale and shift, applied by a single addcmul that computes in
+    float32 and writes x's dtype, so no float32 image-sized output exists besides that copy
+    (under autograd: a float32 result, then the cast).
+    """
+    n, c, h, w = x.shape
+    grouped = x.permute(0, 2, 3, 1).reshape(n, h * w, num_groups, c // num_groups)
+    var, mean = torch.var_mean(grouped.float(), dim=(1, 3), keepdim=True, correction=0)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.float().view(1, 1, num_groups, -1)
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.float().view(1, 1, num_groups, -1)
+    if torch.is_grad_enabled() and (grouped.requires_grad or scale.requires_grad):
+        out = torch.addcmul(shift, grouped, scale).to(x.dtype)  # out= has no autograd
+    else:
+        out = x.new_empty(grouped.shape)
+        torch.addcmul(shift, grouped, scale, out=out)
+    return out.view(n, h, w, c).permute(0, 3, 1, 2)
+
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back to the input dtype (keeps fp16 runs stable)."""
+    """GroupNorm computed in float32 and cast back to the input dtype (keeps fp16 runs stable).
+    A channels-last input stays channels-last on every device (see NATIVE_CHANNELS_LAST_DEVICES)."""
 
     def forward(self, x):
+        if x.device.type not in NATIVE_CHANNELS_LAST_DEVICES and is_channels_last(x):
+            return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x.float()).type(x.dtype)
 
 

@@ -196,10 +196,11 @@ class AttentionBlock(nn.Module):
 
     def _forward(self, x):
         b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)  # tokens in row-major spatial order
-        h = qkv_attention(self.qkv(self.norm(x)), self.num_heads, self.legacy_order)
-        h = self.proj_out(h)
-        return (x + h).reshape(b, c, *spatial)
+        tokens = x.reshape(b, c, -1)  # tokens in row-major spatial order (a copy if channels-last)
+        h = qkv_attention(self.qkv(self.norm(tokens)), self.num_heads, self.legacy_order)
+        h = self.proj_out(h).reshape(b, c, *spatial)
+        # x first: the sum takes x's memory format, so a channels-last UNet stays channels-last.
+        return x + h
 
 
 class UNetModel(nn.Module):
@@ -311,12 +312,17 @@ class UNetModel(nn.Module):
         run in `dtype` (self.dtype) and the output conv in the input's dtype.
         """
         self.dtype = dtype
+        for m in self.block_convs():
+            m.weight.data = m.weight.data.to(dtype)
+            if m.bias is not None:
+                m.bias.data = m.bias.data.to(dtype)
+
+    def block_convs(self):
+        """The convolutions inside input, middle and output blocks (those convert_blocks casts)."""
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
             for m in part.modules():
                 if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                    m.weight.data = m.weight.data.to(dtype)
-                    if m.bias is not None:
-                        m.bias.data = m.bias.data.to(dtype)
+                    yield m
 
     def forward(self, x, timesteps, y=None):
         """x: [N, C, H, W], timesteps: [N] original (unscaled) timesteps, y: [N] labels if class-cond."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddfm.bayesfusion import bayes_fuse, to_uint8
+from ddfm.methods.priorfree.bayesfusion import bayes_fuse, to_uint8
 
 CROP_DIR = "bayesfusion"
 

@@ -1,4 +1,4 @@
-"""CCF (ddfm.conditions, ddfm.ccf) against the released code's golden trace (golden/ccf/README.md).
+"""CCF (ddfm.methods.ccf.conditions, ddfm.methods.ccf.guidance) against the released code's golden trace (golden/ccf/README.md).
 
 Level 0: schedule and x_T; level 1: one teacher-forced guidance step from the stored clipped x0;
 level 2: the DDIM update; level 3: a free run from x_T with the tiny UNet. Plus closed forms,
@@ -10,10 +10,10 @@ import torch
 import yaml
 
 import guided_diffusion
-from ddfm import ccf
-from ddfm.conditions import CONDITION_NAMES, ConditionBank, condition_losses, haar_dwt
 from ddfm.config import ConfigError
-from ddfm.sampling import per_image_noise, seeded_generators
+from ddfm.methods.ccf import guidance as ccf
+from ddfm.methods.ccf.conditions import CONDITION_NAMES, ConditionBank, condition_losses, haar_dwt
+from ddfm.methods.ddfm.sampling import per_image_noise, seeded_generators
 from helpers import GOLDEN, TINY_MODEL_CONFIG, TINY_WEIGHTS
 
 STEPS = 10

@@ -1,10 +1,10 @@
-"""ddfm.ccf_io: the released CCF resize and outputs, against OpenCV (the release's own library)."""
+"""ddfm.methods.ccf.io: the released CCF resize and outputs, against OpenCV (the release's own library)."""
 import cv2
 import numpy as np
 import pytest
 
-from ddfm import ccf_io
 from ddfm.io import SourceImage
+from ddfm.methods.ccf import io as ccf_io
 
 
 @pytest.mark.parametrize("src_hw, dst_hw", [((70, 90), (64, 64)), ((64, 64), (32, 96)),

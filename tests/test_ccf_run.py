@@ -11,7 +11,7 @@ import pytest
 
 import ddfm
 import sample
-from ddfm import ccf_record
+from ddfm.methods.ccf import record as ccf_record
 from helpers import GOLDEN, ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair, read_png
 from test_save_folder import error_lines, main as ddfm_main, start_held, stop
 
@@ -128,7 +128,7 @@ def test_record_writes_frames_and_the_per_step_conditions(tmp_path):
     assert [f.name for f in frames] == ["x_0000.png", "x_0001.png", "x_0002.png"]
     assert read_png(frames[0]).shape == (32, 48)
     data = json.loads((out / "progress" / "r0.json").read_text())
-    from ddfm.conditions import CONDITION_NAMES
+    from ddfm.methods.ccf.conditions import CONDITION_NAMES
     assert data["stem"] == "r0" and data["conditions"] == list(CONDITION_NAMES)
     steps = data["steps"]
     assert [s["i"] for s in steps] == [2, 1, 0] and [s["t"] for s in steps] == [999, 500, 0]
@@ -151,14 +151,14 @@ def test_record_writes_frames_and_the_per_step_conditions(tmp_path):
 def test_ccf_keys_are_the_core_settings_with_the_released_defaults():
     from dataclasses import fields
 
-    from ddfm.ccf import CCFSettings
-    from ddfm.ccf_fusion import IO_KEYS, settings_from_fusion
-    from ddfm.config import CCF_DEFAULTS, FUSION_DEFAULTS, read_yaml
+    from ddfm.config import fusion_defaults, read_yaml
+    from ddfm.methods.ccf import IO_KEYS, KEYS as CCF_DEFAULTS
+    from ddfm.methods.ccf.guidance import CCFSettings, settings_from_fusion
     defaults = {f.name: f.default for f in fields(CCFSettings)}
     for key, value in CCF_DEFAULTS.items():
         if key not in IO_KEYS:
             assert defaults[key[len("ccf_"):]] == (tuple(value) if isinstance(value, list) else value), key
-    assert settings_from_fusion(FUSION_DEFAULTS) == CCFSettings()
+    assert settings_from_fusion(fusion_defaults()) == CCFSettings()
     yaml_values = read_yaml(ROOT / "configs" / "fusion_config.yaml")
     assert {k: yaml_values[k] for k in CCF_DEFAULTS} == CCF_DEFAULTS
 

@@ -6,9 +6,9 @@ import torch
 import yaml
 
 import guided_diffusion
-from ddfm import ccf
-from ddfm.conditions import CONDITION_NAMES, ConditionBank
-from ddfm.config import CCF_DEFAULTS, ConfigError, load_config
+from ddfm.config import ConfigError, load_config
+from ddfm.methods.ccf import KEYS as CCF_DEFAULTS, guidance as ccf
+from ddfm.methods.ccf.conditions import CONDITION_NAMES, ConditionBank
 from helpers import DIFFUSION_CONFIG, GOLDEN, MODEL_CONFIG, ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS
 
 NEW_SWITCHES = ("eps_unguided", "guided_unclamped", "adam_persistent")

@@ -11,7 +11,7 @@ import yaml
 import guided_diffusion
 import sample
 from ddfm import io
-from ddfm.sampling import ddfm_sample, per_image_noise, seeded_generators
+from ddfm.methods.ddfm.sampling import ddfm_sample, per_image_noise, seeded_generators
 from helpers import TINY_MODEL_CONFIG, TINY_WEIGHTS, load_golden, read_png, write_png
 
 TRACES = ["ddfm_trace_tno_r10.pt", "ddfm_trace_mrict_r25.pt"]

@@ -13,6 +13,7 @@ import torch
 import ddfm
 import sample
 from ddfm import determinism, io
+from ddfm.settings import FusionSettings
 from helpers import ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair, read_png
 
 TINY = {"model_config": TINY_MODEL_CONFIG, "model_path": str(TINY_WEIGHTS), "prior": "adm",
@@ -93,11 +94,11 @@ def test_threads_auto_leaves_a_core_of_the_affinity_free(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     for cpus, threads in (({0, 1, 2, 3}, 3), ({0, 1}, 1), ({5}, 1)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cpus=cpus: cpus)
-        assert determinism.resolved_threads({"threads": "auto"}) == threads
-    assert determinism.resolved_threads({"threads": "auto", "deterministic": True}) == 1
-    assert determinism.resolved_threads({"threads": 4}) == 4
+        assert determinism.resolved_threads(FusionSettings(threads="auto")) == threads
+    assert determinism.resolved_threads(FusionSettings(threads="auto", deterministic=True)) == 1
+    assert determinism.resolved_threads(FusionSettings(threads=4)) == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's per-rank setting: torch follows it
-    assert determinism.resolved_threads({"threads": "auto"}) is None
+    assert determinism.resolved_threads(FusionSettings(threads="auto")) is None
 
 
 @pytest.fixture(scope="module")

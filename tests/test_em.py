@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddfm.color import official_luma_in, official_luma_out, rgb_to_luma
-from ddfm.em import (
+from ddfm.methods.ddfm.em import (
     EM_STEPS,
     LUMA_IO,
     em_sources,

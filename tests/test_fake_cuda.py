@@ -7,7 +7,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
 
 import fakecuda
-from ddfm import em, sampling
+from ddfm.methods.ddfm import em, sampling
 from guided_diffusion.checkpoint import EXPECTED_NUM_PARAMS, EXPECTED_NUM_TENSORS, CheckpointError
 
 pytestmark = pytest.mark.skipif(fakecuda.cpu_build_only() is not None,

@@ -5,9 +5,9 @@ import torch
 import yaml
 
 import guided_diffusion
-from ddfm.config import FUSION_DEFAULTS, ConfigError, validate_fusion
+from ddfm.config import ConfigError, fusion_defaults, validate_fusion
+from ddfm.methods.ddfm.sampling import Rectifier, StepFunction, StepNoise, per_image_noise, seeded_generators
 from ddfm.prior import PriorModel
-from ddfm.sampling import Rectifier, StepFunction, StepNoise, per_image_noise, seeded_generators
 from guided_diffusion.gaussian_diffusion import DEVICE_TABLES, extract_into_tensor
 from helpers import TINY_MODEL_CONFIG, TINY_WEIGHTS
 
@@ -94,13 +94,13 @@ def test_step_noise_draws_what_per_step_draws_would():
 @pytest.mark.parametrize("value, expected", [(True, "unet"), (False, "none"), ("step", "step"),
                                              ("graph", "graph"), ("UNET", "unet")])
 def test_compile_key_accepts_modes_and_the_old_booleans(value, expected):
-    fusion = dict(FUSION_DEFAULTS, compile=value, dtype="bf16-autocast")
+    fusion = dict(fusion_defaults(), compile=value, dtype="bf16-autocast")
     assert validate_fusion(fusion)["compile"] == expected
 
 
 def test_compile_key_rejects_unknown_modes():
     with pytest.raises(ConfigError, match="compile='fast' is not one of none, unet, step, graph"):
-        validate_fusion(dict(FUSION_DEFAULTS, compile="fast"))
+        validate_fusion(dict(fusion_defaults(), compile="fast"))
 
 
 def test_compile_step_config_builds_one_compiled_step_for_the_fuser():

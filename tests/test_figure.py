@@ -245,7 +245,7 @@ def test_cli_unwritable_output_and_wrong_extension(tmp_path, capsys):
 
 
 def test_baselines_are_the_mean_and_max_of_the_sources_luma(tmp_path):
-    from ddfm.baselines import write_baselines
+    from ddfm.methods.baselines.pixels import write_baselines
     ir, vi = _image(7, (20, 24)), _image(8, (20, 24))
     write_png(tmp_path / "ir" / "s.png", ir)
     write_png(tmp_path / "vi" / "s.png", vi)

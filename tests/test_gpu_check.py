@@ -247,3 +247,50 @@ def test_deterministic_row_matches_the_batched_row_to_precision(dry_run):
     row = at[("bf16_cl_deterministic", f"{h}x{w}", batch)]
     assert not row["note"].startswith(("error", "skipped", "stopped")), row
     assert row["s_per_pair"] > 0 and row["psnr_db"] > 30, row
+
+
+def test_sync_count_counts_the_sync_debug_warnings(monkeypatch):
+    """On CUDA the count is the warnings of set_sync_debug_mode("warn"), set only around run();
+    the loop's per-step syncs are the second step's, the rest are the set-up's."""
+    import warnings
+
+    from benchmarks import gpu_runtime
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def steps(n, setup=2, per_step=3):
+        for _ in range(setup + n * per_step):
+            warnings.warn("called a synchronizing CUDA operation (function cudaMemcpyAsync)")
+        warnings.warn("an unrelated warning")
+
+    cuda = torch.device("cuda")
+    assert gpu_runtime.sync_count(lambda: steps(1), cuda) == 5 and modes == ["warn", "default"]
+    row = {}
+    gpu_runtime.fill_syncs(row, steps, cuda)
+    assert (row["syncs_per_step"], row["setup_syncs"]) == (3, 2)
+    assert gpu_runtime.sync_count(lambda: steps(1), torch.device("cpu")) == 5 and len(modes) == 6
+
+
+def test_topk_tie_order_is_in_the_header(tmp_path):
+    bench = fake_bench(tmp_path)
+    bench.env.update(weights="w", device="cpu", torch="2", topk_ties={"device": [4, 5, 6], "cpu": [6, 5, 4]})
+    bench.args.steps, bench.peak = 2, None
+    lines = gpu_check.header_lines(bench)
+    assert "torch.topk of 8 equal weights (k=3): cpu [4, 5, 6], cpu [6, 5, 4] (a DIFFERENT order" in "\n".join(lines)
+    assert gpu_setup.topk_ties(torch.device("cpu")) == {"device": [6, 5, 4], "cpu": [6, 5, 4]}
+
+
+def test_rows_carry_the_planned_peak_and_the_sync_counts(dry_run):
+    """Every eager DDFM/CCF row has ddfm.memory's plan for its model and size (the tiny UNet's
+    plan grows with the image) and its sync counts (0 on a CPU); the official loop has no plan."""
+    _, record, _ = dry_run
+    at = {(r["row"], r["size"], r["batch"]): r for r in record["rows"]}
+    assert at[("fp32_exact", "32x32", 1)]["pred_peak_gb"] < at[("fp32_exact", "32x64", 1)]["pred_peak_gb"]
+    assert at[("bf16", "32x64", 1)]["pred_peak_gb"] < at[("fp32_exact", "32x64", 1)]["pred_peak_gb"]
+    assert at[("ccf_bf16_cl", "32x64", 1)]["pred_peak_gb"] > 0
+    assert at[("official_like", "32x64", 1)].get("pred_peak_gb") is None
+    for row in record["rows"]:
+        if row.get("s_per_pair") is not None:
+            assert (row["syncs_per_step"], row["setup_syncs"]) == (0, 0), row
+    fits = {r["row"]: r for r in record["rows"] if r["row"].startswith("fit_")}
+    assert all("planned " in r["note"] and r["pred_peak_gb"] > 0 for r in fits.values())

@@ -13,6 +13,7 @@ import pytest
 
 import evaluate
 import sample
+from ddfm import methods
 from ddfm.config import load_config
 from ddfm.postrun import evaluate_and_report
 from ddfm.present.report import HIGHER_IS_BETTER, THUMB_SIDE, write_report
@@ -221,7 +222,7 @@ def test_run_report_reads_run_json_defensively_and_shows_the_gif(tmp_path):
     (tmp_path / "out" / "run.json").write_text(json.dumps(record))
     config = load_config(MODEL_CONFIG, DIFFUSION_CONFIG, None, [("input_dir", str(tmp_path / "in")), ("report", True)])
     sources, index = (tmp_path / "in" / "ir", tmp_path / "in" / "vi"), tmp_path / "out" / "report" / "index.html"
-    assert evaluate_and_report(config, Layout(tmp_path / "out"), "DDFM", sources, log=lambda m: None) == ("", False)
+    assert evaluate_and_report(config, Layout(tmp_path / "out"), methods.get("ddfm"), sources, log=lambda m: None) == ("", False)
     text = index.read_text()
     page = Page(text)
     assert page.pairs["x"] == ["ir", "vi", "DDFM", "sampling"] and page.pairs["y"] == ["ir", "vi", "DDFM"]
@@ -230,7 +231,7 @@ def test_run_report_reads_run_json_defensively_and_shows_the_gif(tmp_path):
     assert "(fused in 2.500 s)" in text
     (tmp_path / "out" / "run.json").write_text("{broken")
     index.unlink()
-    assert evaluate_and_report(config, Layout(tmp_path / "out"), "DDFM", sources, log=lambda m: None) == ("", False)
+    assert evaluate_and_report(config, Layout(tmp_path / "out"), methods.get("ddfm"), sources, log=lambda m: None) == ("", False)
     assert index.is_file()
 
 

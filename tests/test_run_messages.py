@@ -33,7 +33,7 @@ def dataset(tmp_path):
 
 
 def test_out_of_memory_on_a_huge_image_fails_that_pair_only(tmp_path, capsys, monkeypatch):
-    from ddfm import fusion
+    from ddfm.methods.priorfree import fuser as fusion
 
     make_dataset(tmp_path / "in", {"a": random_pair(72, 40, 40), "huge": random_pair(73, 48, 64),
                                    "z": random_pair(74, 40, 40)})

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ddfm.messages import RunError
+from ddfm.common import RunError
 from ddfm.savefolder.layout import Layout
 from ddfm.savefolder.lock import FolderLock, holder_run
 from ddfm.savefolder.start import start_run

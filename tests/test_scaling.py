@@ -58,7 +58,7 @@ def test_batched_sampler_equals_single_sampler_tensors():
     import yaml
 
     import guided_diffusion
-    from ddfm.sampling import ddfm_sample
+    from ddfm.methods.ddfm.sampling import ddfm_sample
 
     config = yaml.safe_load(TINY_MODEL_CONFIG.read_text()) | {"model_path": str(TINY_WEIGHTS)}
     model = guided_diffusion.create_model(**config)

@@ -82,9 +82,9 @@ def main(argv=None):
 
 def _run(args, overrides):
     # Imported after parsing so that --help is instant.
+    from ddfm.common import USER_ERRORS, one_line
     from ddfm.config import load_config
     from ddfm.distributed import Rank0Failed
-    from ddfm.errors import USER_ERRORS, one_line
     from ddfm.run import run
 
     try:

@@ -4,7 +4,7 @@
 twin and dispatches every protocol (`compute_metrics`); `tang` the MATLAB toolkit's dialect;
 `common` the definitions every dialect shares; `images` decodes files to the 8-bit grey levels the
 evaluators see; `evaluation` scores folders of fused images and writes tables, JSON and CSV. This
-package may import NumPy, SciPy, Pillow and `ddfm.messages`, never torch, matplotlib, Jinja2, the
+package may import NumPy, SciPy, Pillow and `ddfm.common`, never torch, matplotlib, Jinja2, the
 driver or `ddfm.present` (which builds on it). The names below are its public API.
 """
 from ddfm.metrics.common import cc, en, scd, sd, sf, vifp_ratios

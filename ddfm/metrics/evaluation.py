@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 from scipy import fft
 
-from ddfm.messages import one_line
+from ddfm.common import one_line
 from ddfm.metrics.images import IMAGE_EXTENSIONS, decode_rgb8, luma_from_rgb8
 from ddfm.metrics.reference import ALL_PROTOCOLS, canonical_protocol, compute_metrics, protocol_metrics
 from ddfm.metrics.tang import matlab_grey_from_rgb8

@@ -212,8 +212,9 @@ def distribution_plot(result, path):
     return path
 
 
-def run_settings(record):
-    """(label, text) pairs of a run.json, read defensively: its layout may change."""
+def run_settings(record, method_rows=()):
+    """(label, text) pairs of a run.json, read defensively: its layout may change. method_rows:
+    the rows the method adds (ddfm.methods.Method.report_rows), after its name."""
     if not isinstance(record, dict):
         return []
     configs = record.get("configs") if isinstance(record.get("configs"), dict) else {}
@@ -226,8 +227,8 @@ def run_settings(record):
     items = [
         ("prior", prior.get("prior")),
         ("why", prior.get("reason")),
-        ("method", fusion.get("method")),
-        ("variant", record.get("variant", fusion.get("variant")) if fusion.get("method") != "ccf" else None),
+        ("method", prior.get("method", fusion.get("method"))),
+        *method_rows,
         ("steps", prior.get("steps", diffusion.get("timestep_respacing")) if prior_used else None),
         ("seed", record.get("seed", diffusion.get("seed"))),
         ("device / dtype", " / ".join(str(v) for v in (prior.get("device"), prior.get("dtype")) if v)),
@@ -264,12 +265,13 @@ def render_page(context):
 
 
 def write_report(out_dir, results, a_dir, b_dir, fused_dirs, source_names=("IR", "VIS"),
-                 run_record=None, gifs=None, title="Fusion report", conditions=None):
+                 run_record=None, gifs=None, title="Fusion report", conditions=None, method_rows=()):
     """Write out_dir/index.html and its files; returns the path of index.html.
 
     results: list of evaluation results (one per protocol; may be empty); fused_dirs: {name:
     folder}; run_record: a run.json dict; gifs: {stem: path of the sampling GIF}; conditions:
-    {stem: ddfm.ccf_record.condition_strip} of a CCF run with record.
+    {stem: per-step strip} of a method that records one (Method.report_strips); method_rows:
+    the (label, value) rows the method adds to the run settings (Method.report_rows).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -287,7 +289,7 @@ def write_report(out_dir, results, a_dir, b_dir, fused_dirs, source_names=("IR",
         "tables": [per_image_rows(r) for r in results], "pairs": pairs,
         "methods": list(fused_dirs), "sources": {source_names[0]: str(a_dir), source_names[1]: str(b_dir)},
         "folders": {name: str(folder) for name, folder in fused_dirs.items()},
-        "settings": run_settings(run_record) if run_record is not None else [],
+        "settings": run_settings(run_record, method_rows) if run_record is not None else [],
         "arrows": ARROWS,
     }
     html = render_page(context)

@@ -6,8 +6,8 @@ import os
 import socket
 import time
 
+from ddfm.common import RunError
 from ddfm.files import naming
-from ddfm.messages import RunError
 
 
 class FolderLock:

@@ -10,7 +10,7 @@ a later one), so a killed --overwrite leaves each stem either its old image or i
 """
 from pathlib import Path
 
-from ddfm.messages import RunError
+from ddfm.common import RunError
 from ddfm.metrics.images import IMAGE_EXTENSIONS
 from ddfm.savefolder import journal, layout as folder
 from ddfm.savefolder.hashes import file_hash

@@ -2,7 +2,7 @@
 left, decide what to fuse (or refuse to mix), set aside what --overwrite replaces, journal the
 settings. A start that fails at any step leaves no folder it created and no other run uses, and
 a start refused the lock removes nothing."""
-from ddfm.messages import RunError
+from ddfm.common import RunError
 from ddfm.savefolder import journal, layout as folder
 from ddfm.savefolder.resume import FolderState, drop_replaced, plan_resume
 

@@ -42,9 +42,11 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import guided_diffusion
-from ddfm import build as ddfm_build, ccf, em, fusion, io, sampling
-from ddfm.conditions import ConditionBank
+from ddfm import build as ddfm_build, io
 from ddfm.config import load_config, read_yaml
+from ddfm.methods.ccf import guidance as ccf
+from ddfm.methods.ccf.conditions import ConditionBank
+from ddfm.methods.ddfm import em, fuser as fusion, sampling
 from fakecuda.recorder import DispatchRecorder, FunctionRecorder, Recorder, rerouted_bindings
 from guided_diffusion import checkpoint as gd_checkpoint
 from guided_diffusion.gaussian_diffusion import GaussianDiffusion

@@ -1,9 +1,11 @@
 """Pixel-wise baseline fusions (mean and max of the two sources' luma), for comparisons.
 
-    python -m ddfm.baselines --ir input/ir --vi input/vi --out output/baselines
+    python -m ddfm.methods.baselines --ir input/ir --vi input/vi --out output/baselines
 
 writes <out>/mean/<stem>.png and <out>/max/<stem>.png: honest, trivially reproducible methods to
-put beside a real one in a figure or report (they are not DDFM).
+put beside a real one in a figure or report (they are not DDFM). `method: mean` or `max` makes
+the same images through sample.py (save folder, resume, journal, run.json), with the colour rule
+of `color` (PixelFuser).
 """
 import argparse
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddfm.fusion import Fuser
 from ddfm.io import write_image_atomic
 from ddfm.metrics.evaluation import EvaluationError, match_sources
 from ddfm.metrics.images import read_luma
@@ -19,6 +22,17 @@ BASELINES = {
     "mean": lambda a, b: np.floor((a + b) / 2),
     "max": np.maximum,
 }
+
+
+class PixelFuser(Fuser):
+    """Fuses each pair's luma pixel by pixel at the source size (no prior, no sampler)."""
+
+    def __init__(self, run, rule):
+        super().__init__(run)
+        self.rule = BASELINES[rule]
+
+    def _fuse_together(self, pairs, step_callback=None, progress=False):
+        return [self._finish(self.rule(a.luma, b.luma).astype(np.uint8), a, b) for a, b in pairs]
 
 
 def write_baselines(a_dir, b_dir, out_dir):

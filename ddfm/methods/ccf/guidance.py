@@ -1,7 +1,7 @@
 """CCF's condition guidance (Cao et al., NeurIPS 2024; ccf_official.md §3, §5) as an x0 rectifier.
 
 Each DDIM step moves the clipped x0 by one Adam step on the selected fusion conditions
-(ddfm.conditions), then updates the condition weights by the GradNorm rule:
+(ddfm.methods.ccf.conditions), then updates the condition weights by the GradNorm rule:
   1. L = the 8 condition losses of x0; L_0 = L of the first step (kept per image);
   2. top-k of the weights w, largest first; equal weights (all of them at the first step) in
      TIE_ORDER, the order the released run's torch.topk gave on the CPU ([6, 5, 4] = ei, sf,
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from ddfm.conditions import CONDITION_NAMES, MSE_INDEX, ConditionBank
-from ddfm.messages import ConfigError
+from ddfm.common import ConfigError
+from ddfm.methods.ccf.conditions import CONDITION_NAMES, MSE_INDEX, ConditionBank
 
 # Equal weights are ranked in this order of condition ids: torch.topk's order for eight equal
 # weights on the CPU in the released run (k = 1..8 select 6; 6, 5; 6, 5, 4; ... nested), so the
@@ -36,11 +36,11 @@ TIE_ORDER = (6, 5, 4, 7, 2, 1, 0, 3)
 class CCFSettings:
     """CCF's guidance settings; the defaults are the released code's. Validated on creation.
 
-    conditions: the enabled conditions (names of ddfm.conditions.CONDITION_NAMES); the others are
+    conditions: the enabled conditions (names of ddfm.methods.ccf.conditions.CONDITION_NAMES); the others are
     never selected and take no part in GradNorm. weight_sum: Σw after each update (None: the
     number of enabled conditions, 8 as released). mse_per_slot (released): the always-on MSE is
     added once per selected slot (weight = topk); False adds it once. The other flags are the
-    condition bank's quirks (see ddfm.conditions.ConditionBank). Released sampler quirks:
+    condition bank's quirks (see ddfm.methods.ccf.conditions.ConditionBank). Released sampler quirks:
     eps_unguided: DDIM's eps' from the x0 before guidance (False: from the guided x0, as DDFM);
     guided_unclamped: the guided x0 is not clamped (False: clamped to [-1, 1]);
     adam_persistent: Adam's moments and step count carry over the diffusion steps (False: a fresh
@@ -268,7 +268,7 @@ class CCFStep:
     """One CCF sampling step: UNet -> clipped x0 -> guidance -> DDIM (eta 0) with eps' from the
     pre-guidance x0 (eps_unguided, released; False: from the guided x0). The model may be any
     ddfm.prior model (its output is float32); the guidance stays float32. Called as
-    step(x, t, noise, rectify), like ddfm.sampling.StepFunction."""
+    step(x, t, noise, rectify), like ddfm.methods.ddfm.sampling.StepFunction."""
 
     def __init__(self, model, diffusion, eps_unguided=True):
         self.model, self.diffusion = model, diffusion
@@ -288,12 +288,12 @@ def ccf_sample(model, diffusion, ir, vis, *, settings=None, seed=3407, generator
     the last step's guided x0).
 
     ir, vis: (N, 3, H, W) float32 in [-1, 1], H and W divisible by 32 for the ADM UNet. x_T from
-    per-image CPU generators (ddfm.sampling) unless given. DDIM eta 0 over all respaced steps of
+    per-image CPU generators (ddfm.methods.ddfm.sampling) unless given. DDIM eta 0 over all respaced steps of
     `diffusion`. callback(dict) gets i, t (original timestep), x (the new latent), pred_xstart
     (clipped), guided (x0'), losses (N, 8), topk (N, k), w_before, w_after, G, w_grad, total.
     step: a CCFStep-like callable (default: CCFStep(model, diffusion, settings.eps_unguided)).
     """
-    from ddfm.sampling import per_image_noise, seeded_generators
+    from ddfm.methods.ddfm.sampling import per_image_noise, seeded_generators
 
     settings = CCFSettings() if settings is None else settings
     n, _, h, w = ir.shape

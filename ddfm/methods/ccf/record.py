@@ -36,7 +36,7 @@ def _json_number(value):
 def write_step_record(path, stem, steps, names=None):
     """Write the per-image JSON atomically; names: the conditions in loss order (the bank's)."""
     if names is None:
-        from ddfm.conditions import CONDITION_NAMES
+        from ddfm.methods.ccf.conditions import CONDITION_NAMES
         names = list(CONDITION_NAMES)
     clean = [{key: [_json_number(v) for v in value] if key in ("losses", "w_before", "w_after") else value
               for key, value in step.items()} for step in steps]

@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import torch
 
-from ddfm import color, em
-from ddfm.defaults import DEFAULT_SEED
+from ddfm import color
+from ddfm.common import DEFAULT_SEED
+from ddfm.methods.ddfm import em
 
 
 def seeded_generators(seed, count):
