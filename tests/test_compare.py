@@ -15,8 +15,8 @@ from ddfm.metrics.evaluation import evaluate_folders
 from helpers import ROOT, TINY_MODEL_CONFIG, TINY_WEIGHTS, make_dataset, random_pair, start_child, write_png
 
 TINY_DDFM = f"ddfm:model_path={TINY_WEIGHTS}:timestep_respacing=2"
-METHODS = f"prior-free,tiny={TINY_DDFM},tiny7={TINY_DDFM}:seed=7"
-LABELS = ["prior-free", "tiny", "tiny7"]
+METHODS = f"prior-free,mean,max,tiny={TINY_DDFM}"
+LABELS = ["prior-free", "mean", "max", "tiny"]
 
 
 @pytest.fixture
@@ -59,14 +59,14 @@ def test_compare_writes_folders_table_figures_and_index(tmp_path, data, capsys):
     saved = json.loads((res / "metrics" / "two.json").read_text())
     expected = {stem: {m: float(v) for m, v in row.items()} for stem, row in mine["methods"]["tiny"]["per_image"].items()}
     assert saved["methods"]["tiny"]["per_image"] == expected
-    assert len(cached.scores) == 5 * 3  # 5 pairs x 3 methods, one protocol
+    assert len(cached.scores) == 5 * 4  # 5 pairs x 4 methods, one protocol
     # The table is table.py's table of the same metrics files (ranks included).
     import table
     assert table.main(["--json", f"one={res / 'metrics' / 'one.json'}", "--json", f"two={res / 'metrics' / 'two.json'}",
                        "--out", str(tmp_path / "t.md")]) == 0
     assert (res / "table.md").read_text() == (tmp_path / "t.md").read_text()
     assert "**" in (res / "table.md").read_text() and "\\textbf" in (res / "table.tex").read_text()
-    assert len((res / "table.csv").read_text().splitlines()) == 1 + 2 * 8 * 3
+    assert len((res / "table.csv").read_text().splitlines()) == 1 + 2 * 8 * 4
     for name in ("one", "two"):
         from PIL import Image
         with Image.open(res / "figures" / f"{name}.png") as figure:
@@ -98,7 +98,7 @@ def test_second_call_fuses_and_scores_nothing_and_notices_a_changed_source(tmp_p
     a, _ = random_pair(99, 48, 64)
     write_png(tmp_path / "one" / "ir" / "p1.png", a)
     assert run_compare(data, res) == 0
-    assert len(scored) == 1 and sorted(stem for _, stem, _ in scored[0]) == ["p1"] * 3
+    assert len(scored) == 1 and sorted(stem for _, stem, _ in scored[0]) == ["p1"] * 4
 
 
 @pytest.mark.parametrize("mode,count", [("kill-journal", 9), ("kill-score", 4)])
@@ -115,7 +115,7 @@ def test_killed_call_resumes_to_the_same_bytes(tmp_path, data, mode, count):
     assert not (killed / "index.html").exists()
     assert run_compare(data, killed) == 0
     assert tree_bytes(killed) == tree_bytes(whole)
-    assert len(scoring.ScoreCache(killed).scores) == 15
+    assert len(scoring.ScoreCache(killed).scores) == 20
 
 
 def test_bad_input_is_one_line_each_and_the_other_cells_complete(tmp_path, data, capsys, monkeypatch):

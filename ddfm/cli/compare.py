@@ -64,9 +64,9 @@ def _usable_root(root):
 
 def fuse_cell(args, method, dataset, save_dir):
     """Run one cell through sample.py's driver; returns (run.json record or None, problem line or '')."""
+    from ddfm.common import USER_ERRORS, one_line
     from ddfm.config import load_config
     from ddfm.distributed import Rank0Failed
-    from ddfm.errors import USER_ERRORS, one_line
     from ddfm.run import run
 
     name = f"{method.label} on {dataset.name}"

@@ -1,9 +1,9 @@
 """After the fusion of every cell: score, then table, figures, reports and index (rank 0 only)."""
 from pathlib import Path
 
+from ddfm.common import RunError, one_line
 from ddfm.compare import outputs
 from ddfm.compare.scoring import Cell, ScoreCache, cell_images, cell_results, score_cells, scorer_version
-from ddfm.messages import RunError, one_line
 from ddfm.metrics.evaluation import EvaluationError, UsageError
 from ddfm.present.figure import FigureError
 from ddfm.savefolder.layout import Layout

@@ -3,7 +3,7 @@
 A dataset is a fetched registry split (`tno-cddfuse`, read from the data root) or `NAME=FOLDER`
 for one's own pairs. A method is `[LABEL=]BASE[:key=value[:key=value ...]]`; BASE is a preset of
 configs/ (`official` -> fusion_official.yaml, `ccf` -> fusion_ccf.yaml), `prior-free` (prior=none)
-or a registered method (ddfm.methods, when present; else ddfm and ccf). A method that needs the
+or a registered method (ddfm.methods: ddfm, mean, max, ...). A method that needs the
 diffusion prior runs with `prior=adm`, so a missing checkpoint fails its cells in one line instead
 of giving prior-free images under its name.
 """
@@ -15,8 +15,6 @@ from ddfm import CONFIG_DIR
 from ddfm.datasets.layouts import InputFolderError, dataset_folder
 
 PRIOR_FREE = "prior-free"
-# The methods known without the method registry (ddfm.methods): both need the diffusion prior.
-PRIOR_METHODS = ("ddfm", "ccf")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # a folder name and a table row
 
 
@@ -67,25 +65,18 @@ def _preset(name):
 
 
 def _registered(name):
-    """(known, needs_prior) from the method registry when it exists, else from PRIOR_METHODS."""
-    try:
-        from ddfm import methods
-    except ImportError:
-        return name in PRIOR_METHODS, True
+    """(known, needs_prior) of a method name in the registry (ddfm.methods)."""
+    from ddfm import methods
     if name not in methods.names():
         return False, True
     return True, bool(methods.get(name).needs_prior)
 
 
 def _known_names():
-    try:
-        from ddfm import methods
-        registered = list(methods.names())
-    except ImportError:
-        registered = list(PRIOR_METHODS)
+    from ddfm import methods
     presets = [p.stem[len("fusion_"):] for p in sorted(CONFIG_DIR.glob("fusion_*.yaml"))
                if p.name != "fusion_config.yaml"]  # the defaults, not a preset
-    return list(dict.fromkeys(registered + [PRIOR_FREE] + presets))
+    return list(dict.fromkeys(list(methods.names()) + [PRIOR_FREE] + presets))
 
 
 def resolve_method(spec):

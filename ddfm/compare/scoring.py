@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddfm.messages import one_line
+from ddfm.common import one_line
 from ddfm.savefolder.layout import Layout
 
 CACHE = ".scores.jsonl"
