@@ -14,6 +14,7 @@ Target: < 10 s.
 """
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,12 @@ def make_pairs(folder, pairs, h, w, mods=("ir", "vi"), fused=False, seed=0):
     return cell
 
 
+def _cpu_seconds():
+    """CPU time of this process and of its finished children (the scoring processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def bench_scoring(args, h, w):
     protocols = args.protocols.split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,12 +67,13 @@ def bench_scoring(args, h, w):
         for jobs in (1, 2):
             cache_dir = Path(tmp) / f"cache{jobs}"
             cache_dir.mkdir()
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _cpu_seconds()
             errors = score_cells([cell], protocols, ScoreCache(cache_dir), jobs, log=lambda line: None)
-            seconds[jobs] = time.perf_counter() - start
+            seconds[jobs], cpu = time.perf_counter() - start, _cpu_seconds() - cpu
             assert not errors, errors
             print(f"jobs {jobs}: {seconds[jobs]:.1f} s for {args.pairs} pairs {w}x{h} in {', '.join(protocols)} "
-                  f"({seconds[jobs] / args.pairs:.2f} s/pair)", flush=True)
+                  f"({seconds[jobs] / args.pairs:.2f} s/pair; CPU {cpu:.1f} s, {cpu / seconds[jobs]:.2f} cores "
+                  f"busy on average)", flush=True)
         print(f"speed-up jobs 2 / jobs 1: {seconds[1] / seconds[2]:.2f}x (target >= 1.8x); "
               f"load average {os.getloadavg()[0]:.1f}")
 

@@ -145,3 +145,26 @@ def test_bad_input_is_one_line_each_and_the_other_cells_complete(tmp_path, data,
     capsys.readouterr()
     assert run_compare(data, blocker / "res", methods="prior-free") == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {blocker / 'res'}: cannot make")
+
+
+def test_under_torchrun_each_cell_is_sharded_and_rank0_writes_the_outputs(tmp_path, data):
+    import json
+    import os
+
+    from test_scaling import free_port
+    whole = tmp_path / "whole"
+    assert run_compare(data, whole, methods="prior-free,mean") == 0
+    res = tmp_path / "res"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(ROOT / "compare.py"), "--datasets", ",".join(data),
+           "--methods", f"prior-free,mean,tiny={TINY_DDFM}", "--save_dir", str(res), "--model_config",
+           str(TINY_MODEL_CONFIG), "--jobs", "1", "--quiet", "device=cpu"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for label in ("prior-free", "mean", "tiny"):
+        record = json.loads((res / label / "one" / "run.json").read_text())
+        assert record["world_size"] == 2 and sorted(record["fused"]) == ["p0", "p1", "p2"]
+    assert done.stderr.count("wrote ") == 4  # table.md, .tex, .csv and index.html, by rank 0 only
+    same = {k: v for k, v in tree_bytes(res).items() if k.split("/")[0] in ("prior-free", "mean")}
+    assert same == {k: v for k, v in tree_bytes(whole).items() if k.split("/")[0] in ("prior-free", "mean")}

@@ -21,6 +21,7 @@ from ddfm.common import one_line
 from ddfm.savefolder.layout import Layout
 
 CACHE = ".scores.jsonl"
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _METRIC_CODE = ("reference.py", "tang.py", "common.py", "images.py", "evaluation.py")
 
 
@@ -162,13 +163,23 @@ def _score(groups, protocols, cache, jobs):
         for sources, images in tasks:
             take(score_group(sources, images, protocols))
         return
-    # spawn: the parent may hold torch's threads, which a fork would copy half-way.
+    # spawn: the parent may hold torch's threads, which a fork would copy half-way. One thread
+    # per process (BLAS through the environment the children start with, FFT by argument): the
+    # processes share the cores.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
-        # One FFT thread per process: the processes share the cores.
-        futures = [pool.submit(score_group, sources, images, protocols, 1) for sources, images in tasks]
-        for future in as_completed(futures):
-            take(future.result())
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
+    try:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
+            futures = [pool.submit(score_group, sources, images, protocols, 1) for sources, images in tasks]
+            for future in as_completed(futures):
+                take(future.result())
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def cell_results(cell, protocols, cache, stems):
