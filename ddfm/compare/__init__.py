@@ -5,5 +5,7 @@
     outputs.py  the paper table, one figure per dataset and index.html linking every run report
 
 Each cell (method x dataset) is an ordinary sample.py save folder, fused through ddfm.run.run:
-the command line (ddfm/cli/compare.py) drives the cells and then these modules.
+the command line (ddfm/cli/compare.py) drives the cells and then these modules. What lives here
+may import ddfm.common, ddfm.files, ddfm.datasets, ddfm.methods (names only), ddfm.metrics, ddfm.present and
+ddfm.savefolder; never the driver (ddfm.run) or ddfm.cli.
 """
