@@ -102,6 +102,19 @@ class ScoreCache:
         self.added += len(lines)
 
 
+def _end_with_parent(parent):
+    """In a scoring process: exit when the call that started it is gone (killed), instead of
+    waiting forever on a queue nobody writes to."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def score_group(sources, fused_images, protocols, workers=-1):
     """Score several fused images of one source pair: [(key, {protocol: metrics} or error text)].
     Runs in a worker process; the sources are read once for all of them."""
@@ -170,7 +183,8 @@ def _score(groups, protocols, cache, jobs):
     saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
     os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
     try:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context,
+                                 initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(score_group, sources, images, protocols, 1) for sources, images in tasks]
             for future in as_completed(futures):
                 take(future.result())
