@@ -1,4 +1,4 @@
-"""The command lines: `ddfm fuse|evaluate|figure|table|datasets ...`, one module per sub-command.
+"""The command lines: `ddfm fuse|evaluate|figure|table|compare|datasets ...`, one module per sub-command.
 
 Each module parses its flags, calls the package and maps errors to exit codes (1 bad input, 2 bad
 arguments or settings); `sample.py`, `evaluate.py`, `figure.py` and `table.py` at the project root
@@ -14,6 +14,7 @@ COMMANDS = {
     "evaluate": ("ddfm.cli.evaluate", "score folders of fused images with the fusion metrics"),
     "figure": ("ddfm.cli.figure", "comparison figure of several methods with zoom-ins"),
     "table": ("ddfm.cli.table", "paper table (LaTeX, Markdown, CSV) from metrics or fused folders"),
+    "compare": ("ddfm.cli.compare", "every method on every dataset: fused, scored, tabled, drawn"),
     "datasets": ("ddfm.datasets.__main__", "list and fetch the verified test splits"),
 }
 

@@ -104,6 +104,30 @@ def _fit_sources(stem, a, b, fused):
     return a[:h, :w], b[:h, :w]
 
 
+def score_pixels(stem, a, b, fused, names, method=""):
+    """One triple's metrics in each protocol: ({protocol: {metric: value}}, crop note or "").
+
+    ``names`` is {protocol: [metric names]} (select_metrics); a fused image smaller than its
+    sources is scored against their top-left crop, and the note says so.
+    """
+    fitted = _fit_sources(stem, a, b, fused)
+    crop = f"{stem} {_shape(a)}->{_shape(fused)}" if fitted is not None else ""
+    sa, sb = fitted or (a, b)
+    greys, scores = {}, {}  # greys by converter: reference and corrected share the BT.601 luma
+    for p, wanted in names.items():
+        convert = _grey_converter(p)
+        if convert not in greys:
+            greys[convert] = [convert(x) for x in (sa, sb, fused)]
+        try:
+            scores[p] = compute_metrics(*greys[convert], protocol=p, metrics=wanted)
+        except ValueError as exc:  # e.g. an image too small for VIF's 4 scales
+            sizes = (f"fused image {_shape(fused)} is smaller than its sources {_shape(a)}, "
+                     f"which are cropped to it: " if fitted is not None else "")
+            who = f" (method '{method}')" if method else ""
+            raise EvaluationError(f"pair '{stem}'{who}: {sizes}{exc}") from None
+    return scores, crop
+
+
 def _mean(rows, names):
     return {m: math.fsum(row[m] for row in rows) / len(rows) for m in names}
 
@@ -201,23 +225,11 @@ def evaluate_protocols(a_dir: Folder, b_dir: Folder, fused_dirs: Folder | Mappin
             for method, files in fused_files.items():
                 if stem not in files:
                     continue
-                fused = read_pixels(files[stem])
-                fitted = _fit_sources(stem, a, b, fused)
-                if fitted is not None:
-                    cropped[method].append(f"{stem} {_shape(a)}->{_shape(fused)}")
-                sa, sb = fitted or (a, b)
-                greys = {}  # by converter: reference and corrected share the BT.601 luma
+                scores, crop = score_pixels(stem, a, b, read_pixels(files[stem]), names, method)
+                if crop:
+                    cropped[method].append(crop)
                 for p in protocols:
-                    convert = _grey_converter(p)
-                    if convert not in greys:
-                        greys[convert] = [convert(x) for x in (sa, sb, fused)]
-                    grey = greys[convert]
-                    try:
-                        per_image[p][method][stem] = compute_metrics(*grey, protocol=p, metrics=names[p])
-                    except ValueError as exc:  # e.g. an image too small for VIF's 4 scales
-                        sizes = (f"fused image {_shape(fused)} is smaller than its sources {_shape(a)}, "
-                                 f"which are cropped to it: " if fitted is not None else "")
-                        raise EvaluationError(f"pair '{stem}' (method '{method}'): {sizes}{exc}") from None
+                    per_image[p][method][stem] = scores[p]
 
     for method, crops in cropped.items():
         if crops:

@@ -71,7 +71,7 @@ def footnotes(table):
         if row.other_dialect:
             text += f" (not the table's {table.protocol}: not comparable)"
         notes.append(text + ".")
-    return notes
+    return notes + list(table.notes)
 
 
 def _cell_parts(cell, pm):

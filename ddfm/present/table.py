@@ -62,6 +62,7 @@ class Table:
     decimals: int
     with_std: bool
     ranked_over: object  # "measured", "all" or a list of row names
+    notes: list = field(default_factory=list)  # further footnotes (plain text), e.g. why a cell is empty
 
     @property
     def columns(self):
