@@ -168,3 +168,43 @@ def test_under_torchrun_each_cell_is_sharded_and_rank0_writes_the_outputs(tmp_pa
     assert done.stderr.count("wrote ") == 4  # table.md, .tex, .csv and index.html, by rank 0 only
     same = {k: v for k, v in tree_bytes(res).items() if k.split("/")[0] in ("prior-free", "mean")}
     assert same == {k: v for k, v in tree_bytes(whole).items() if k.split("/")[0] in ("prior-free", "mean")}
+
+
+def cache_entries(root):
+    """The cache file's lines, parsed (a torn line fails the test)."""
+    import json
+    return [json.loads(line) for line in (Path(root) / scoring.CACHE).read_text().splitlines()]
+
+
+def test_score_cache_is_compacted_when_stale_lines_outnumber_live_ones_and_a_kill_loses_nothing(tmp_path, data):
+    import json
+    res = tmp_path / "res"
+    assert run_compare(data[:1], res, methods="mean,max") == 0
+    live = cache_entries(res)
+    assert len(live) == 6  # 3 pairs x 2 methods
+    # Stale lines: scores of images no save folder lists, a duplicate, a torn line. Not more than the
+    # live entries: the file is left alone (appended to only).
+    stale = [json.dumps({"key": f"gone:{i}", "protocol": "reference", "metrics": {"EN": i}}) for i in range(4)]
+    cache = res / scoring.CACHE
+    cache.write_text(cache.read_text() + "\n".join(stale[:3] + [json.dumps(live[0])]) + "\n{\"key\": \"to")
+    kept = cache.read_bytes()
+    assert run_compare(data[:1], res, methods="mean") == 0
+    assert cache.read_bytes() == kept
+    # One more stale line than live entries: the next call, even with fewer methods, keeps every
+    # folder's scores (max's too) and only those.
+    cache.write_text(cache.read_text() + "\n" + stale[3] + "\n" + json.dumps(live[1]) + "\n")
+    before = cache.read_bytes()
+    args = ["--datasets", data[0], "--methods", "mean", "--save_dir", str(res), "--model_config",
+            str(TINY_MODEL_CONFIG), "--jobs", "1", "--quiet", "device=cpu"]
+    child = start_child([sys.executable, str(ROOT / "tests" / "seamed_compare.py"), "kill-compact", "0", *args],
+                        cwd=ROOT, stderr=subprocess.PIPE)
+    child.wait(timeout=600)
+    assert child.returncode == -9  # killed with the new file written, not yet renamed
+    assert cache.read_bytes() == before and list(res.glob(".*.tmp"))
+    assert run_compare(data[:1], res, methods="mean") == 0
+    assert sorted(map(json.dumps, cache_entries(res))) == sorted(map(json.dumps, live))
+    assert not list(res.glob(".*.tmp"))  # the killed call's leftover is gone
+    compacted, table = cache.read_bytes(), (res / "table.md").read_text()
+    assert run_compare(data[:1], res, methods="mean") == 0
+    assert cache.read_bytes() == compacted and (res / "table.md").read_text() == table
+
