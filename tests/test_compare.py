@@ -208,3 +208,32 @@ def test_score_cache_is_compacted_when_stale_lines_outnumber_live_ones_and_a_kil
     assert run_compare(data[:1], res, methods="mean") == 0
     assert cache.read_bytes() == compacted and (res / "table.md").read_text() == table
 
+
+def test_under_torchrun_only_rank0_prints_the_problems_and_every_rank_exits_with_its_status(tmp_path, data):
+    import os
+
+    from test_scaling import free_port
+    res = tmp_path / "res"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    start = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+             f"--master_port={free_port()}", str(ROOT / "compare.py")]
+    # An unknown method, a missing dataset folder and a cell refused for its missing checkpoint: the
+    # good cells are fused and scored (rank 0 is not stopped by another rank's early exit) and each
+    # problem is one line.
+    cmd = start + ["--datasets", f"{data[0]},mine={tmp_path / 'absent'}", "--methods",
+                   f"mean,bogus,noprior=ddfm:model_path={tmp_path / 'none.pt'}", "--save_dir", str(res),
+                   "--jobs", "1", "--quiet", "device=cpu"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3, done.stderr[-3000:]
+    assert any("unknown method 'bogus'" in e for e in errors)
+    assert any(f"{tmp_path / 'absent'}: dataset folder not found" in e for e in errors)
+    assert any(e.startswith("error: noprior on one: ") and "none.pt" in e for e in errors)
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)  # torchrun may stop a rank that is still exiting
+    assert "2" in codes and set(codes) <= {"2", "-15"}, done.stderr[-3000:]
+    assert done.returncode != 0 and "interrupted" not in done.stderr
+    assert "| mean |" in (res / "table.md").read_text() and (res / "index.html").is_file()
+    # An argument error: argparse's usage and message once.
+    done = subprocess.run(start + ["--datasets", data[0], "--methods", "mean", "--protocol", "nope"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.stderr.count("error: ") == 1 and done.stderr.count("usage: ") == 1, done.stderr[-3000:]
