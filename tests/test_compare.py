@@ -78,6 +78,10 @@ def test_compare_writes_folders_table_figures_and_index(tmp_path, data, capsys):
             assert f"{label}/{name}/report/index.html" in links
     assert all((res / link).exists() for link in links)
     assert "figures/one.png" in index and "table.tex" in links
+    # The table's header as in table.md: each dataset over its 8 metric columns, each metric with its
+    # direction (the caption explains the arrows).
+    assert re.findall(r'<th class="group" colspan="(\d+)">(\w+)</th>', index) == [("8", "one"), ("8", "two")]
+    assert index.count("<th>EN\u2191</th>") == 2 and "(\u2191 higher / \u2193 lower is better)" in index
 
 
 def test_second_call_fuses_and_scores_nothing_and_notices_a_changed_source(tmp_path, data, monkeypatch):
