@@ -5,6 +5,7 @@ rank 0's decision to every rank and waits for all ranks (a gloo process group: C
 coordination only); what is decided and written is ddfm.run's and ddfm.savefolder's.
 """
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,9 +29,15 @@ def local_device(device):
     return device
 
 
+# How long a rank waits at a collective for the others: as long as the slowest rank's work (a
+# pair more of DDFM on a CPU, a comparison's scoring on rank 0), not gloo's 30 minutes. A rank
+# that dies ends the wait anyway: torchrun stops its peers.
+WAIT = timedelta(days=7)
+
+
 def _group():
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend="gloo", timeout=WAIT)
 
 
 def barrier():

@@ -78,6 +78,10 @@ def test_compare_writes_folders_table_figures_and_index(tmp_path, data, capsys):
             assert f"{label}/{name}/report/index.html" in links
     assert all((res / link).exists() for link in links)
     assert "figures/one.png" in index and "table.tex" in links
+    # The table's header as in table.md: each dataset over its 8 metric columns, each metric with its
+    # direction (the caption explains the arrows).
+    assert re.findall(r'<th class="group" colspan="(\d+)">(\w+)</th>', index) == [("8", "one"), ("8", "two")]
+    assert index.count("<th>EN\u2191</th>") == 2 and "(\u2191 higher / \u2193 lower is better)" in index
 
 
 def test_second_call_fuses_and_scores_nothing_and_notices_a_changed_source(tmp_path, data, monkeypatch):
@@ -168,3 +172,72 @@ def test_under_torchrun_each_cell_is_sharded_and_rank0_writes_the_outputs(tmp_pa
     assert done.stderr.count("wrote ") == 4  # table.md, .tex, .csv and index.html, by rank 0 only
     same = {k: v for k, v in tree_bytes(res).items() if k.split("/")[0] in ("prior-free", "mean")}
     assert same == {k: v for k, v in tree_bytes(whole).items() if k.split("/")[0] in ("prior-free", "mean")}
+
+
+def cache_entries(root):
+    """The cache file's lines, parsed (a torn line fails the test)."""
+    import json
+    return [json.loads(line) for line in (Path(root) / scoring.CACHE).read_text().splitlines()]
+
+
+def test_score_cache_is_compacted_when_stale_lines_outnumber_live_ones_and_a_kill_loses_nothing(tmp_path, data):
+    import json
+    res = tmp_path / "res"
+    assert run_compare(data[:1], res, methods="mean,max") == 0
+    live = cache_entries(res)
+    assert len(live) == 6  # 3 pairs x 2 methods
+    # Stale lines: scores of images no save folder lists, a duplicate, a torn line. Not more than the
+    # live entries: the file is left alone (appended to only).
+    stale = [json.dumps({"key": f"gone:{i}", "protocol": "reference", "metrics": {"EN": i}}) for i in range(4)]
+    cache = res / scoring.CACHE
+    cache.write_text(cache.read_text() + "\n".join(stale[:3] + [json.dumps(live[0])]) + "\n{\"key\": \"to")
+    kept = cache.read_bytes()
+    assert run_compare(data[:1], res, methods="mean") == 0
+    assert cache.read_bytes() == kept
+    # One more stale line than live entries: the next call, even with fewer methods, keeps every
+    # folder's scores (max's too) and only those.
+    cache.write_text(cache.read_text() + "\n" + stale[3] + "\n" + json.dumps(live[1]) + "\n")
+    before = cache.read_bytes()
+    args = ["--datasets", data[0], "--methods", "mean", "--save_dir", str(res), "--model_config",
+            str(TINY_MODEL_CONFIG), "--jobs", "1", "--quiet", "device=cpu"]
+    child = start_child([sys.executable, str(ROOT / "tests" / "seamed_compare.py"), "kill-compact", "0", *args],
+                        cwd=ROOT, stderr=subprocess.PIPE)
+    child.wait(timeout=600)
+    assert child.returncode == -9  # killed with the new file written, not yet renamed
+    assert cache.read_bytes() == before and list(res.glob(".*.tmp"))
+    assert run_compare(data[:1], res, methods="mean") == 0
+    assert sorted(map(json.dumps, cache_entries(res))) == sorted(map(json.dumps, live))
+    assert not list(res.glob(".*.tmp"))  # the killed call's leftover is gone
+    compacted, table = cache.read_bytes(), (res / "table.md").read_text()
+    assert run_compare(data[:1], res, methods="mean") == 0
+    assert cache.read_bytes() == compacted and (res / "table.md").read_text() == table
+
+
+def test_under_torchrun_only_rank0_prints_the_problems_and_every_rank_exits_with_its_status(tmp_path, data):
+    import os
+
+    from test_scaling import free_port
+    res = tmp_path / "res"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    start = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+             f"--master_port={free_port()}", str(ROOT / "compare.py")]
+    # An unknown method, a missing dataset folder and a cell refused for its missing checkpoint: the
+    # good cells are fused and scored (rank 0 is not stopped by another rank's early exit) and each
+    # problem is one line.
+    cmd = start + ["--datasets", f"{data[0]},mine={tmp_path / 'absent'}", "--methods",
+                   f"mean,bogus,noprior=ddfm:model_path={tmp_path / 'none.pt'}", "--save_dir", str(res),
+                   "--jobs", "1", "--quiet", "device=cpu"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3, done.stderr[-3000:]
+    assert any("unknown method 'bogus'" in e for e in errors)
+    assert any(f"{tmp_path / 'absent'}: dataset folder not found" in e for e in errors)
+    assert any(e.startswith("error: noprior on one: ") and "none.pt" in e for e in errors)
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)  # torchrun may stop a rank that is still exiting
+    assert "2" in codes and set(codes) <= {"2", "-15"}, done.stderr[-3000:]
+    assert done.returncode != 0 and "interrupted" not in done.stderr
+    assert "| mean |" in (res / "table.md").read_text() and (res / "index.html").is_file()
+    # An argument error: argparse's usage and message once.
+    done = subprocess.run(start + ["--datasets", data[0], "--methods", "mean", "--protocol", "nope"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.stderr.count("error: ") == 1 and done.stderr.count("usage: ") == 1, done.stderr[-3000:]

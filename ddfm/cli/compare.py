@@ -22,8 +22,21 @@ from ddfm import CONFIG_DIR as CONFIGS
 from ddfm.compare.plan import PlanError, resolve_dataset, resolve_method, split_list
 
 
+def _rank0():
+    """Whether this process speaks for the call: under torchrun only rank 0 prints a problem."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose messages (usage, errors, help) only rank 0 prints."""
+
+    def _print_message(self, message, file=None):
+        if _rank0():
+            super()._print_message(message, file)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--datasets", action="append", required=True, metavar="NAME|NAME=FOLDER,...",
         help="fetched splits (python -m ddfm.datasets list) or NAME=FOLDER of one's own pairs")
@@ -45,6 +58,12 @@ def build_parser():
 
 def _log(message):
     print(message, file=sys.stderr, flush=True)
+
+
+def _error(line):
+    """One problem line; the other ranks of a torchrun call stay silent (the same line otherwise)."""
+    if _rank0():
+        _log(f"error: {line}")
 
 
 def _interrupt(signum, frame):
@@ -123,38 +142,43 @@ def main(argv=None):
     datasets, methods, usage, problems = _plan(args)
     root = Path(args.save_dir)
     for line in usage + problems:
-        _log(f"error: {line}")
+        _error(line)
     unusable = _usable_root(root)
     if unusable:
-        _log(f"error: {unusable}")
+        _error(unusable)
         return 2
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops a comparison like Ctrl-C
     try:
-        problems += _run(args, root, datasets, methods, protocols, problems)
+        return _run(args, root, datasets, methods, protocols, usage, problems)
     except KeyboardInterrupt:
-        _log(f"interrupted: what was fused and scored so far is kept in {root}; run the same command again "
-             f"to resume")
+        if _rank0():
+            _log(f"interrupted: what was fused and scored so far is kept in {root}; run the same command "
+                 f"again to resume")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if usage:
-        return 2
-    return 1 if problems else 0
 
 
-def _run(args, root, datasets, methods, protocols, problems):
-    """Fuse every cell, then (rank 0) score and write the outputs; returns the new problem lines."""
-    from ddfm.distributed import rank_and_world
+def _run(args, root, datasets, methods, protocols, usage, problems):
+    """Fuse every cell (each sharded over the ranks), then rank 0 scores and writes the outputs;
+    returns the exit status, rank 0's on every rank: the ranks end together (one that exited
+    early with an error would make torchrun stop rank 0 in the middle of its work)."""
+    from ddfm.distributed import Rank0Failed, from_rank0
     records, new = {}, []
     for dataset in datasets:
         for method in methods:
             record, problem = fuse_cell(args, method, dataset, root / method.label / dataset.name)
             if problem:
-                _log(f"error: {problem}")
+                _error(problem)
                 new.append(problem)
             if record is not None:
                 records[(method.label, dataset.name)] = record
-    if rank_and_world()[0] == 0:
+
+    def finish_on_rank0():
         from ddfm.compare.finish import finish
-        new += finish(args, root, datasets, methods, records, protocols, _log, problems + new)
-    return new
+        found = finish(args, root, datasets, methods, records, protocols, _log, problems + new)
+        return 2 if usage else 1 if problems or new or found else 0
+    try:
+        return from_rank0(finish_on_rank0)
+    except Rank0Failed:  # rank 0 failed while finishing and says why
+        return 1

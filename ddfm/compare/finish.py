@@ -3,7 +3,7 @@ from pathlib import Path
 
 from ddfm.common import RunError, one_line
 from ddfm.compare import outputs
-from ddfm.compare.scoring import Cell, ScoreCache, cell_images, cell_results, score_cells, scorer_version
+from ddfm.compare.scoring import Cell, ScoreCache, cell_images, cell_results, live_keys, score_cells, scorer_version
 from ddfm.metrics.evaluation import EvaluationError, UsageError
 from ddfm.present.figure import FigureError
 from ddfm.savefolder.layout import Layout
@@ -107,4 +107,10 @@ def finish(args, root, datasets, methods, records, protocols, log, earlier=()):
     index = outputs.write_index(root, tables, figures, _grid(root, datasets, methods, cells, reports, failed),
                                 list(earlier) + problems)
     log(f"wrote {index}")
+    try:
+        dropped = cache.compact(live_keys(root, cells.values(), version))
+        if dropped:
+            log(f"compacted {cache.path}: {dropped} stale line(s) dropped")
+    except OSError as err:  # housekeeping: the cache is still whole, only longer than it needs to be
+        log(f"warning: {cache.path} not compacted: {one_line(err)}")
     return problems

@@ -10,6 +10,7 @@ from ddfm.files import write_atomic
 from ddfm.metrics.evaluation import UsageError, write_json
 from ddfm.present.formats import caption, footnotes, render_csv, render_latex, render_markdown
 from ddfm.present.published import dialect_mismatches, load_published, select_published
+from ddfm.present.report import ARROWS, direction
 from ddfm.present.results import collect_inputs
 from ddfm.present.table import MISSING, build_table
 
@@ -102,12 +103,14 @@ def write_tables(root, tables):
 
 
 def html_table(table):
-    """The table as rows of (text, rank) for the index page: header row, then one per method."""
-    head = ["Method"] + [f"{d} {m}" for d, m in table.columns]
+    """The table as rows of (text, rank) for the index page: a header row of datasets (each over
+    its metric columns) and one of metrics with their direction arrow, then one row per method."""
+    groups = [(d, sum(1 for c in table.columns if c[0] == d)) for d in table.datasets]
+    head = ["Method"] + [f"{m}{ARROWS[direction(m)]}" for _, m in table.columns]
     rows = [[(row.name + (" \u2020" if row.published is not None else ""), 0)]
             + [(row.cells[c].text(row.cells[c].mean), row.cells[c].rank) for c in table.columns]
             for row in table.rows]
-    return {"protocol": table.protocol, "head": head, "rows": rows, "caption": caption(table),
+    return {"protocol": table.protocol, "groups": groups, "head": head, "rows": rows, "caption": caption(table),
             "notes": footnotes(table)}
 
 

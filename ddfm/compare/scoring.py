@@ -7,17 +7,25 @@ the key of one cached score: `<save_root>/.scores.jsonl`, one JSON line per (key
 appended as each image is scored, so a killed call keeps what it scored and a torn last line is
 ignored. A second identical call finds every key and scores nothing; an image fused anew, a
 changed source or an edited metric module has another key and is scored again.
+
+The file is compacted when a call ends and its stale lines (keys no save folder under the root
+lists any more, duplicates, torn lines) outnumber the live entries: rewritten to a temporary file,
+fsynced and renamed over it, so a kill at any point leaves either the old file or the new one.
+Appends and compaction hold an flock on the file, so a concurrent call's scores are not lost.
 """
+import fcntl
 import hashlib
 import json
 import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ddfm.common import one_line
+from ddfm.files import write_atomic
 from ddfm.savefolder.layout import Layout
 
 CACHE = ".scores.jsonl"
@@ -66,26 +74,64 @@ def cell_images(cell, record, version):
     return cell
 
 
+def _parse(text):
+    """({(key, protocol): metrics}, the number of non-empty lines) of the cache file's text."""
+    scores, lines = {}, 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        lines += 1
+        try:
+            entry = json.loads(line)
+            scores[(entry["key"], entry["protocol"])] = entry["metrics"]
+        except (ValueError, KeyError, TypeError):  # a torn last line of a killed call
+            continue
+    return scores, lines
+
+
+def _torn_end(handle):
+    """Whether the file (open a+b) has a last line without its newline (a killed call's)."""
+    end = handle.seek(0, os.SEEK_END)
+    if not end:
+        return False
+    handle.seek(end - 1)
+    torn = handle.read(1) != b"\n"
+    handle.seek(0, os.SEEK_END)
+    return torn
+
+
+def _entry_line(key, protocol, metrics):
+    return json.dumps({"key": key, "protocol": protocol, "metrics": metrics}) + "\n"
+
+
 class ScoreCache:
     """{(key, protocol): {metric: value}} read from and appended to one JSON-lines file."""
 
     def __init__(self, root):
         self.path = Path(root) / CACHE
-        self.scores = {}
         self.added = 0
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            self.scores, _ = _parse(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError):
-            lines = []
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                self.scores[(entry["key"], entry["protocol"])] = entry["metrics"]
-            except (ValueError, KeyError, TypeError):  # a torn last line of a killed call
-                continue
+            self.scores = {}
 
     def get(self, key, protocol):
         return self.scores.get((key, protocol))
+
+    @contextmanager
+    def _locked(self):
+        """The cache file open for reading and appending under an exclusive flock: the file now at
+        its path (a compaction may have renamed another over the one opened while waiting)."""
+        while True:
+            with open(self.path, "a+b") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
+                except FileNotFoundError:
+                    current = False
+                if current:
+                    yield handle
+                    return
 
     def add(self, key, scores, protocols):
         """Append one image's scores ({protocol: metrics}, or the one line saying why it cannot be
@@ -94,12 +140,54 @@ class ScoreCache:
         for protocol in protocols:
             metrics = scores if isinstance(scores, str) else scores[protocol]
             self.scores[(key, protocol)] = metrics
-            lines.append(json.dumps({"key": key, "protocol": protocol, "metrics": metrics}) + "\n")
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write("".join(lines))
+            lines.append(_entry_line(key, protocol, metrics))
+        with self._locked() as handle:
+            if _torn_end(handle):
+                lines.insert(0, "\n")  # not glued to the torn line
+            handle.write("".join(lines).encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
-        self.added += len(lines)
+        self.added += len(protocols)
+
+    def compact(self, live):
+        """Rewrite the file with the entries of the `live` keys alone when its other lines outnumber
+        them; the old file stays until the new one is complete on disk. Returns the lines dropped."""
+        if not self.path.is_file():
+            return 0
+        with self._locked() as handle:
+            handle.seek(0)
+            scores, lines = _parse(handle.read().decode("utf-8", errors="replace"))
+            kept = {k: metrics for k, metrics in scores.items() if k[0] in live}
+            if lines - len(kept) <= len(kept):
+                return 0
+            for leftover in self.path.parent.glob(f".{self.path.stem}.*{self.path.suffix}.tmp"):
+                leftover.unlink(missing_ok=True)  # a compaction killed before its rename
+
+            def save(out):
+                out.write("".join(_entry_line(k, p, m) for (k, p), m in kept.items()).encode("utf-8"))
+                out.flush()
+                os.fsync(out.fileno())
+            write_atomic(self.path, save)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself on disk
+        finally:
+            os.close(directory)
+        return lines - len(kept)
+
+
+def live_keys(root, cells, version):
+    """The cache keys some save folder under root lists: this call's cells and every other
+    root/<method>/<dataset>/run.json (a call with fewer methods keeps the others' scores)."""
+    keys = {image.key for cell in cells for image in cell.images}
+    for record_path in Path(root).glob("*/*/run.json"):
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            folder = record_path.parent
+            keys.update(i.key for i in cell_images(Cell("", "", folder), record, version).images)
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue  # not a readable run record: it lists nothing
+    return keys
 
 
 def _end_with_parent(parent):
