@@ -4,15 +4,10 @@ peak is the weights as they run; channels-last reaches the convs (>= 95 % of the
 NHWC input; ATen's CUDA group_norm alone would leave most of them NCHW). CCF's plan is checked on
 a fake CPU (its guidance runs off the fake CUDA device in the harness).
 
-One patch of this file's own (fixture `cudnn_layouts`): FakeTensor's conv rule asks the CPU build
-for the conv backend's output layout, and a build without cuDNN answers "contiguous" for every
-CUDA conv. A CUDA build with cuDNN (ATen's cudnn_conv_suggest_memory_format) gives a 4-D conv a
-channels-last output when its input or its weight is channels-last; the fixture answers that."""
-from unittest import mock
+Conv output layouts are cuDNN's (the harness's `cudnn_layouts` patch)."""
 
 import pytest
 import torch
-from torch._prims_common import suggest_memory_format
 
 import fakecuda
 from ddfm import memory, methods
@@ -23,23 +18,6 @@ pytestmark = pytest.mark.skipif(fakecuda.cpu_build_only() is not None,
 
 SIZES = ((256, 256), (480, 640), (768, 1024))
 TOLERANCE = 0.05
-
-
-@pytest.fixture(autouse=True)
-def cudnn_layouts():
-    """Conv output layouts on fake CUDA as cuDNN chooses them (see the module docstring)."""
-    original = torch._C._conv_determine_backend_memory_format
-
-    def as_cudnn(input_, weight, backend):
-        if input_.device.type != "cuda":
-            return original(input_, weight, backend)
-        if weight.dim() == 4 and torch.float64 not in (input_.dtype, weight.dtype) and torch.channels_last in (
-                suggest_memory_format(input_), suggest_memory_format(weight)):
-            return torch.channels_last
-        return torch.contiguous_format
-
-    with mock.patch.object(torch._C, "_conv_determine_backend_memory_format", as_cudnn):
-        yield
 
 
 def peaks(*overrides, sizes=SIZES, batch=1):

@@ -22,6 +22,10 @@ The harness patches (each named; `PATCHES` lists them, FakeCuda.patches says whi
                       copy would be invisible), so host data made per step counts as a copy.
   stop_after_sampling ddfm_sample / ccf_sample return their tensor to the harness, which stops
                       fuse_batch there (a fake tensor has no data for .numpy() and the PNGs).
+  cudnn_layouts       conv output layouts on fake CUDA as cuDNN chooses them: FakeTensor's conv rule
+                      asks the CPU build for the backend's output layout, which answers "contiguous"
+                      for every CUDA conv without cuDNN; a CUDA build with cuDNN gives a 4-D conv a
+                      channels-last output when its input or its weight is channels-last.
   flash_attention     (attention="flash", default) scaled_dot_product_attention calls the flash
                       (bf16/fp16) or memory-efficient (fp32) aten op, as an H100 runs it; "math"
                       leaves the fake's math path (a T x T score matrix).
@@ -39,6 +43,7 @@ from unittest import mock
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import guided_diffusion
@@ -55,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIG = ROOT / "configs" / "model_config_imagenet.yaml"
 DIFFUSION_CONFIG = ROOT / "configs" / "diffusion_config.yaml"
 PATCHES = ("device_choice", "fake_weights", "swap_tensors", "python_bindings", "ccf_guidance_meta",
-           "stop_after_sampling", "flash_attention")
+           "stop_after_sampling", "cudnn_layouts", "flash_attention")
 # tag -> (owner, attribute): functions whose tensor inputs must be float32 (FakeRun.entries).
 WATCHED = {
     "em": [(em.EM_STEPS, "official"), (em.EM_STEPS, "paper")],
@@ -245,6 +250,8 @@ class FakeCuda:
         ]
         targets += [mock.patch.object(torch.Tensor, name, binding)
                     for name, binding in rerouted_bindings(rec).items()]
+        targets.append(mock.patch.object(torch._C, "_conv_determine_backend_memory_format",
+                                         _as_cudnn(torch._C._conv_determine_backend_memory_format)))
         if self.attention == "flash":
             targets.append(mock.patch.object(F, "scaled_dot_product_attention", _flash_sdpa))
         for tag, places in WATCHED.items():
@@ -286,6 +293,17 @@ def checkpoint_shapes():
     with torch.device("meta"):
         model = guided_diffusion.create_model(**{**read_yaml(MODEL_CONFIG), "model_path": None})
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _as_cudnn(determine):
+    def cudnn_layout(input_, weight, backend):
+        if input_.device.type != "cuda":
+            return determine(input_, weight, backend)
+        if weight.dim() == 4 and torch.float64 not in (input_.dtype, weight.dtype) and torch.channels_last in (
+                suggest_memory_format(input_), suggest_memory_format(weight)):
+            return torch.channels_last
+        return torch.contiguous_format
+    return cudnn_layout
 
 
 def _with_cuda_available(resolve):
